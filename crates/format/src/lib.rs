@@ -34,7 +34,9 @@ pub use manifest::{
     manifest_digest, shard_path, valid_shard_path, Manifest, ShardEntry, Split, MANIFEST_MAGIC,
     MANIFEST_NAME, MAX_MANIFEST_BODY,
 };
-pub use schema::{valid_split_name, DType, Schema, DEFAULT_CHUNK_TARGET, MAX_DIMS, MAX_RECORD_SIZE};
+pub use schema::{
+    valid_split_name, DType, Schema, DEFAULT_CHUNK_TARGET, MAX_DIMS, MAX_RECORD_SIZE,
+};
 pub use shard::{
     open_shard, seal_shard, seal_with, ShardHeader, ShardOpener, ShardParams, ShardSealer,
     FORMAT_VERSION, HEADER_PREFIX_LEN, MAX_HEADER_LEN, SHARD_MAGIC,

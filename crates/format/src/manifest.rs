@@ -116,7 +116,10 @@ pub fn shard_path(split: &str, index: u32, salt: &[u8]) -> String {
 
 /// Whether `path` is exactly the shard path §2 allows for this split and index.
 pub fn valid_shard_path(path: &str, split: &str, index: u32) -> bool {
-    let Some(rest) = path.strip_prefix("shards/").and_then(|r| r.strip_suffix(".bfs")) else {
+    let Some(rest) = path
+        .strip_prefix("shards/")
+        .and_then(|r| r.strip_suffix(".bfs"))
+    else {
         return false;
     };
     let Some(rest) = rest.strip_prefix(split).and_then(|r| r.strip_prefix('-')) else {
@@ -130,7 +133,9 @@ pub fn valid_shard_path(path: &str, split: &str, index: u32) -> bool {
         && idx.parse::<u32>().ok() == Some(index)
         && (idx.len() == 5 || !idx.starts_with('0'))
         && tag.len() == 16
-        && tag.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn metadata_aad(id: &DatasetId, version: u64) -> Vec<u8> {
@@ -144,7 +149,9 @@ fn hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N]> {
     hex::decode(s)
         .ok()
         .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| Error::malformed(&Object::Manifest, format!("{what} is not {N} bytes of hex")))
+        .ok_or_else(|| {
+            Error::malformed(&Object::Manifest, format!("{what} is not {N} bytes of hex"))
+        })
 }
 
 impl Manifest {
@@ -176,7 +183,8 @@ impl Manifest {
             metadata_nonce: nonce,
             metadata_ciphertext: ct,
         };
-        m.validate().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        m.validate()
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let body = serde_json::to_vec_pretty(&m.to_json()).map_err(|_| Error::Internal("json"))?;
         if body.len() > MAX_MANIFEST_BODY {
             return Err(Error::InvalidArgument("manifest larger than 16 MiB".into()));
@@ -239,7 +247,10 @@ impl Manifest {
             });
         }
         if bytes[..8] != MANIFEST_MAGIC {
-            return Err(Error::malformed(&obj, "not a blindfold manifest (bad magic)"));
+            return Err(Error::malformed(
+                &obj,
+                "not a blindfold manifest (bad magic)",
+            ));
         }
         let version = u16::from_be_bytes([bytes[8], bytes[9]]);
         if version != FORMAT_VERSION {
@@ -350,18 +361,26 @@ impl Manifest {
             let mut first = 0u64;
             for (k, e) in s.shards.iter().enumerate() {
                 if e.index as usize != k {
-                    return bad(format!("split {}: shard {k} listed with index {}", s.name, e.index));
+                    return bad(format!(
+                        "split {}: shard {k} listed with index {}",
+                        s.name, e.index
+                    ));
                 }
                 if !valid_shard_path(&e.path, &s.name, e.index) {
                     return bad(format!("split {}: shard {k}: invalid path", s.name));
                 }
                 if e.first_record != first {
-                    return bad(format!("split {}: shard {k}: first_record is not cumulative", s.name));
+                    return bad(format!(
+                        "split {}: shard {k}: first_record is not cumulative",
+                        s.name
+                    ));
                 }
                 first = first
                     .checked_add(e.records)
                     .ok_or_else(|| Error::malformed(&obj, "record count overflow"))?;
-                let chunks = (e.records as u128).div_ceil(self.records_per_chunk as u128).max(1);
+                let chunks = (e.records as u128)
+                    .div_ceil(self.records_per_chunk as u128)
+                    .max(1);
                 if chunks >= u32::MAX as u128 {
                     return bad(format!("split {}: shard {k}: too many chunks", s.name));
                 }
@@ -370,11 +389,17 @@ impl Manifest {
                 let body = e.records as u128 * record_size + chunks * TAG_LEN as u128;
                 let size = e.size as u128;
                 if size < body + 16 || size > body + crate::shard::MAX_HEADER_LEN as u128 {
-                    return bad(format!("split {}: shard {k}: size does not match its records", s.name));
+                    return bad(format!(
+                        "split {}: shard {k}: size does not match its records",
+                        s.name
+                    ));
                 }
             }
             if first != s.records {
-                return bad(format!("split {}: shard record counts do not sum to {}", s.name, s.records));
+                return bad(format!(
+                    "split {}: shard record counts do not sum to {}",
+                    s.name, s.records
+                ));
             }
         }
         Ok(())
@@ -416,9 +441,18 @@ impl Manifest {
 
     /// Decrypts the importer metadata. Only meaningful on a manifest from [`Self::open`].
     pub fn open_metadata(&self, key: &DatasetKey) -> Result<Zeroizing<Vec<u8>>> {
-        let mkey = AeadKey::derive(self.suite, &self.dataset_id.0, key.expose_secret(), LABEL_METADATA)?;
+        let mkey = AeadKey::derive(
+            self.suite,
+            &self.dataset_id.0,
+            key.expose_secret(),
+            LABEL_METADATA,
+        )?;
         let mut buf = Zeroizing::new(self.metadata_ciphertext.clone());
-        if !mkey.open_in_place(self.metadata_nonce, &metadata_aad(&self.dataset_id, self.version), &mut buf) {
+        if !mkey.open_in_place(
+            self.metadata_nonce,
+            &metadata_aad(&self.dataset_id, self.version),
+            &mut buf,
+        ) {
             return Err(Error::Tampered {
                 object: Object::Manifest,
                 what: "metadata".into(),
@@ -446,7 +480,12 @@ impl Manifest {
 
     /// Checks an authenticated shard header against this manifest's entry for it
     /// (§6.2): digest, dataset, suite, split, index, schema, counts.
-    pub fn check_shard(&self, split: &Split, entry: &ShardEntry, opener: &ShardOpener) -> Result<()> {
+    pub fn check_shard(
+        &self,
+        split: &Split,
+        entry: &ShardEntry,
+        opener: &ShardOpener,
+    ) -> Result<()> {
         let obj = Object::Shard {
             split: split.name.clone(),
             index: entry.index,
@@ -468,10 +507,16 @@ impl Manifest {
         if p.split != split.name || p.index != entry.index {
             return mismatch("split or index");
         }
-        if p.suite != self.suite || p.schema != self.schema || p.records_per_chunk != self.records_per_chunk {
+        if p.suite != self.suite
+            || p.schema != self.schema
+            || p.records_per_chunk != self.records_per_chunk
+        {
             return mismatch("suite or schema");
         }
-        if p.record_count != entry.records || p.first_record != entry.first_record || h.shard_len() != entry.size {
+        if p.record_count != entry.records
+            || p.first_record != entry.first_record
+            || h.shard_len() != entry.size
+        {
             return mismatch("record count or size");
         }
         Ok(())

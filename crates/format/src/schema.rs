@@ -53,7 +53,11 @@ impl DType {
 
     /// The code written in shard headers.
     pub fn code(self) -> u8 {
-        DType::ALL.iter().position(|d| *d == self).map(|p| p as u8 + 1).unwrap_or(0)
+        DType::ALL
+            .iter()
+            .position(|d| *d == self)
+            .map(|p| p as u8 + 1)
+            .unwrap_or(0)
     }
 
     /// The type for a header code.
@@ -124,7 +128,10 @@ impl Schema {
     /// Checks the limits of §3.
     pub fn validate(&self, object: &Object) -> Result<()> {
         if self.shape.len() > MAX_DIMS {
-            return Err(Error::malformed(object, format!("more than {MAX_DIMS} dimensions")));
+            return Err(Error::malformed(
+                object,
+                format!("more than {MAX_DIMS} dimensions"),
+            ));
         }
         if self.shape.contains(&0) {
             return Err(Error::malformed(object, "a dimension is zero"));

@@ -165,7 +165,10 @@ impl ShardHeader {
         }
         let len = u32::from_be_bytes(prefix[12..16].try_into().expect("4 bytes")) as usize;
         if !(HEADER_PREFIX_LEN..=MAX_HEADER_LEN).contains(&len) {
-            return Err(Error::malformed(&obj, format!("header length {len} out of range")));
+            return Err(Error::malformed(
+                &obj,
+                format!("header length {len} out of range"),
+            ));
         }
         Ok(len)
     }
@@ -198,11 +201,13 @@ impl ShardHeader {
             .to_owned();
         let salt = r.array::<SALT_LEN>()?;
         let nonce_prefix = r.array::<NONCE_PREFIX_LEN>()?;
-        let dtype = DType::from_code(r.u8()?)
-            .ok_or_else(|| Error::malformed(&obj, "unknown dtype"))?;
+        let dtype =
+            DType::from_code(r.u8()?).ok_or_else(|| Error::malformed(&obj, "unknown dtype"))?;
         let label = match r.u8()? {
             0 => None,
-            c => Some(DType::from_code(c).ok_or_else(|| Error::malformed(&obj, "unknown label type"))?),
+            c => Some(
+                DType::from_code(c).ok_or_else(|| Error::malformed(&obj, "unknown label type"))?,
+            ),
         };
         let ndim = r.u8()? as usize;
         if ndim > MAX_DIMS {
@@ -212,13 +217,20 @@ impl ShardHeader {
         for _ in 0..ndim {
             shape.push(r.u32()?);
         }
-        let schema = Schema { dtype, shape, label };
+        let schema = Schema {
+            dtype,
+            shape,
+            label,
+        };
         schema.validate(&obj)?;
         let records_per_chunk = r.u32()?;
         let record_count = r.u64()?;
         let first_record = r.u64()?;
         if r.pos != r.buf.len() {
-            return Err(Error::malformed(&obj, "header length does not match its fields"));
+            return Err(Error::malformed(
+                &obj,
+                "header length does not match its fields",
+            ));
         }
         let params = ShardParams {
             suite,
@@ -294,7 +306,8 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
-        let end = end.ok_or_else(|| Error::malformed(self.obj, "header length does not match its fields"))?;
+        let end = end
+            .ok_or_else(|| Error::malformed(self.obj, "header length does not match its fields"))?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -337,7 +350,8 @@ impl ShardSealer {
         salt: [u8; SALT_LEN],
         nonce_prefix: [u8; NONCE_PREFIX_LEN],
     ) -> Result<Self> {
-        check_params(&params, &Object::Unnamed).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        check_params(&params, &Object::Unnamed)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let header = ShardHeader {
             commitment: commitment(key, &params.dataset_id)?,
             header_len: header_len_for(&params),
@@ -349,7 +363,12 @@ impl ShardSealer {
         let mac = MacKey::derive(&salt, key.expose_secret(), LABEL_SHARD_HEADER)?;
         header_bytes.extend_from_slice(&mac.sign(&header_bytes));
         let digest = sha256(&header_bytes);
-        let aead = AeadKey::derive(header.params.suite, &salt, key.expose_secret(), LABEL_SHARD_PAYLOAD)?;
+        let aead = AeadKey::derive(
+            header.params.suite,
+            &salt,
+            key.expose_secret(),
+            LABEL_SHARD_PAYLOAD,
+        )?;
         Ok(ShardSealer {
             header,
             header_bytes,
@@ -376,7 +395,8 @@ impl ShardSealer {
 
     /// Plaintext bytes the next chunk must have, or `None` when all chunks are sealed.
     pub fn next_chunk_len(&self) -> Option<usize> {
-        (self.next < self.header.chunk_count()).then(|| self.header.chunk_plain_len_of(self.next) as usize)
+        (self.next < self.header.chunk_count())
+            .then(|| self.header.chunk_plain_len_of(self.next) as usize)
     }
 
     /// Seals the next chunk in place: `buf` holds exactly [`Self::next_chunk_len`] bytes of
@@ -392,7 +412,8 @@ impl ShardSealer {
                 buf.len()
             )));
         }
-        self.key.seal_in_place(self.header.nonce(self.next), &self.digest, buf)?;
+        self.key
+            .seal_in_place(self.header.nonce(self.next), &self.digest, buf)?;
         self.next += 1;
         Ok(())
     }
@@ -429,7 +450,12 @@ impl ShardOpener {
                 what: "header tag".into(),
             });
         }
-        let aead = AeadKey::derive(header.params.suite, &header.salt, key.expose_secret(), LABEL_SHARD_PAYLOAD)?;
+        let aead = AeadKey::derive(
+            header.params.suite,
+            &header.salt,
+            key.expose_secret(),
+            LABEL_SHARD_PAYLOAD,
+        )?;
         Ok(ShardOpener {
             digest: sha256(hb),
             header,
@@ -462,7 +488,10 @@ impl ShardOpener {
                 what: format!("truncated in chunk {i}"),
             });
         }
-        if !self.key.open_in_place(self.header.nonce(i), &self.digest, buf) {
+        if !self
+            .key
+            .open_in_place(self.header.nonce(i), &self.digest, buf)
+        {
             buf.fill(0);
             return Err(Error::Tampered {
                 object: obj,
@@ -493,16 +522,23 @@ impl ShardOpener {
 
 /// Seals a whole shard held in memory: `plaintext` is the records, back to back. For
 /// tests and small inputs; the owner's tools stream instead.
-pub fn seal_shard(key: &DatasetKey, params: ShardParams, plaintext: &[u8]) -> Result<(Vec<u8>, [u8; 32])> {
+pub fn seal_shard(
+    key: &DatasetKey,
+    params: ShardParams,
+    plaintext: &[u8],
+) -> Result<(Vec<u8>, [u8; 32])> {
     let sealer = ShardSealer::new(key, params)?;
     seal_with(sealer, plaintext)
 }
 
 #[doc(hidden)]
 pub fn seal_with(mut sealer: ShardSealer, plaintext: &[u8]) -> Result<(Vec<u8>, [u8; 32])> {
-    let expected = sealer.header.params.record_count as u128 * sealer.header.params.schema.record_size() as u128;
+    let expected = sealer.header.params.record_count as u128
+        * sealer.header.params.schema.record_size() as u128;
     if plaintext.len() as u128 != expected {
-        return Err(Error::InvalidArgument("plaintext length does not match the record count".into()));
+        return Err(Error::InvalidArgument(
+            "plaintext length does not match the record count".into(),
+        ));
     }
     let mut out = sealer.header_bytes.clone();
     let mut pos = 0;
@@ -522,7 +558,8 @@ pub fn open_shard(key: &DatasetKey, shard: &[u8]) -> Result<(ShardHeader, Vec<u8
     let opener = ShardOpener::new(key, shard)?;
     opener.check_len(shard.len() as u64)?;
     let h = opener.header().clone();
-    let mut out = Vec::with_capacity((h.params.record_count * h.params.schema.record_size() as u64) as usize);
+    let mut out =
+        Vec::with_capacity((h.params.record_count * h.params.schema.record_size() as u64) as usize);
     let mut buf = Vec::new();
     for i in 0..h.chunk_count() {
         let r = h.chunk_range(i);

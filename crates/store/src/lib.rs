@@ -16,7 +16,9 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use object_store::{path::Path as ObjPath, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    path::Path as ObjPath, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart,
+};
 use tokio::runtime::Runtime;
 
 /// Size of one multipart part (S3 needs at least 5 MiB but for the last).
@@ -103,7 +105,10 @@ impl Store {
             let inner: Arc<dyn ObjectStore> = if prefix.trim_matches('/').is_empty() {
                 Arc::new(s3)
             } else {
-                Arc::new(object_store::prefix::PrefixStore::new(s3, prefix.trim_matches('/')))
+                Arc::new(object_store::prefix::PrefixStore::new(
+                    s3,
+                    prefix.trim_matches('/'),
+                ))
             };
             return Ok(Store {
                 inner,
@@ -312,7 +317,11 @@ mod tests {
         for _ in 0..4 {
             w.write(&part).unwrap();
         }
-        assert_eq!(store.size("a/big").unwrap(), None, "invisible before finish");
+        assert_eq!(
+            store.size("a/big").unwrap(),
+            None,
+            "invisible before finish"
+        );
         w.finish().unwrap();
         let all = store.get("a/big").unwrap();
         assert_eq!(all.len(), 12 << 20);
@@ -323,8 +332,17 @@ mod tests {
             w
         };
         drop(aborted);
-        assert_eq!(store.size("a/aborted").unwrap(), None, "aborted upload left an object");
-        let names: Vec<_> = store.list("a").unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            store.size("a/aborted").unwrap(),
+            None,
+            "aborted upload left an object"
+        );
+        let names: Vec<_> = store
+            .list("a")
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(names, vec!["a/b".to_string(), "a/big".to_string()]);
         store.delete("a/b").unwrap();
         store.delete("a/b").unwrap();
@@ -349,9 +367,18 @@ mod tests {
 
     #[test]
     fn bad_locations() {
-        assert!(matches!(Store::open("ftp://x", false), Err(Error::BadLocation(..))));
-        assert!(matches!(Store::open("/nonexistent/blindfold", false), Err(Error::BadLocation(..))));
-        assert!(matches!(Store::open("s3://", false), Err(Error::BadLocation(..))));
+        assert!(matches!(
+            Store::open("ftp://x", false),
+            Err(Error::BadLocation(..))
+        ));
+        assert!(matches!(
+            Store::open("/nonexistent/blindfold", false),
+            Err(Error::BadLocation(..))
+        ));
+        assert!(matches!(
+            Store::open("s3://", false),
+            Err(Error::BadLocation(..))
+        ));
     }
 
     fn walk(root: &std::path::Path) -> Vec<String> {

@@ -1,0 +1,395 @@
+//! Reading a sealed dataset with its key: authenticate the manifest, check it against
+//! the version the owner recorded, then stream or randomly access shards, checking every
+//! header against the manifest and every chunk's tag before releasing its plaintext.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use blindfold_format::{
+    manifest_digest, DatasetId, DatasetKey, Manifest, ShardEntry, ShardHeader, ShardOpener, Split,
+    MANIFEST_NAME, MAX_HEADER_LEN, TAG_LEN,
+};
+use blindfold_store::Store;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::import::{exporter, OutputSet};
+use crate::keystore::KeyStore;
+use crate::Progress;
+
+/// Bytes fetched from storage in one read while streaming a shard.
+const BATCH_BYTES: u64 = 8 << 20;
+
+/// The version and manifest digest a reader expects (from the key store or the broker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// Latest version recorded.
+    pub version: u64,
+    /// SHA-256 of that version's manifest.
+    pub manifest_sha256: [u8; 32],
+}
+
+/// A sealed dataset opened with its key; its manifest is authenticated.
+pub struct SealedDataset {
+    store: Store,
+    manifest: Manifest,
+    manifest_sha256: [u8; 32],
+    key: DatasetKey,
+}
+
+/// Reads the manifest object, mapping "not there" to [`Error::NoDataset`].
+pub fn read_manifest(store: &Store) -> Result<Vec<u8>> {
+    match store.get(MANIFEST_NAME) {
+        Ok(b) => Ok(b),
+        Err(blindfold_store::Error::NotFound { .. }) => {
+            Err(Error::NoDataset(store.location().to_owned()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The dataset id a manifest claims, before any authentication.
+pub fn claimed_id(store: &Store) -> Result<DatasetId> {
+    let bytes = read_manifest(store)?;
+    Manifest::parse_unverified(&bytes)
+        .map(|m| m.dataset_id)
+        .map_err(|e| Error::sealed(format!("{}/{MANIFEST_NAME}", store.location()), e))
+}
+
+impl SealedDataset {
+    /// Opens the dataset at `store` with the key the owner's key store holds for it, and
+    /// checks the manifest against the recorded version (rollback). A valid newer
+    /// version, which only a key holder can make, advances the record.
+    pub fn open(ks: &KeyStore, store: Store) -> Result<Self> {
+        let id = claimed_id(&store)?;
+        let (rec, key) = ks.dataset(&id)?;
+        let expected = Expected {
+            version: rec.version,
+            manifest_sha256: hex::decode(&rec.manifest_sha256)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| Error::KeyStore("damaged record: manifest digest".into()))?,
+        };
+        let ds = Self::open_with_key(store, key, Some(expected))?;
+        if ds.manifest.version > expected.version {
+            ks.set_version(&id, ds.manifest.version, &ds.manifest_sha256)?;
+        }
+        Ok(ds)
+    }
+
+    /// Opens the dataset at `store` with `key`. With `expected`, an older manifest is
+    /// rejected as a rollback and a different one of the same version as a fork.
+    pub fn open_with_key(
+        store: Store,
+        key: DatasetKey,
+        expected: Option<Expected>,
+    ) -> Result<Self> {
+        let at = format!("{}/{MANIFEST_NAME}", store.location());
+        let bytes = read_manifest(&store)?;
+        let manifest = Manifest::open(&key, &bytes).map_err(|e| Error::sealed(&at, e))?;
+        let digest = manifest_digest(&bytes);
+        if let Some(exp) = expected {
+            if manifest.version < exp.version {
+                return Err(Error::RolledBack {
+                    location: store.location().to_owned(),
+                    what: format!(
+                        "rolled back: manifest version {} is older than the recorded version {}",
+                        manifest.version, exp.version
+                    ),
+                });
+            }
+            if manifest.version == exp.version && digest != exp.manifest_sha256 {
+                return Err(Error::RolledBack {
+                    location: store.location().to_owned(),
+                    what: format!(
+                        "forked: manifest version {} differs from the one recorded",
+                        manifest.version
+                    ),
+                });
+            }
+        }
+        Ok(SealedDataset {
+            store,
+            manifest,
+            manifest_sha256: digest,
+            key,
+        })
+    }
+
+    /// The authenticated manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// SHA-256 of the manifest object.
+    pub fn manifest_sha256(&self) -> [u8; 32] {
+        self.manifest_sha256
+    }
+
+    /// The dataset key (owner side only).
+    pub(crate) fn key(&self) -> &DatasetKey {
+        &self.key
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The importer's description of the original files.
+    pub fn metadata(&self) -> Result<Value> {
+        let raw = self
+            .manifest
+            .open_metadata(&self.key)
+            .map_err(|e| Error::sealed(format!("{}/{MANIFEST_NAME}", self.store.location()), e))?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| Error::Bug(format!("sealed metadata is not JSON: {e}")))
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}/{path}", self.store.location())
+    }
+
+    /// Fetches and authenticates a shard's header, checks it against the manifest and
+    /// the object's size.
+    fn open_shard(&self, split: &Split, entry: &ShardEntry) -> Result<ShardOpener> {
+        let at = self.at(&entry.path);
+        let size = self
+            .store
+            .size(&entry.path)?
+            .ok_or_else(|| Error::MissingShard {
+                location: self.store.location().to_owned(),
+                path: entry.path.clone(),
+            })?;
+        let head = self
+            .store
+            .get_range(&entry.path, 0..size.min(MAX_HEADER_LEN as u64))?;
+        let opener = ShardOpener::new(&self.key, &head).map_err(|e| Error::sealed(&at, e))?;
+        self.manifest
+            .check_shard(split, entry, &opener)
+            .map_err(|e| Error::sealed(&at, e))?;
+        opener.check_len(size).map_err(|e| Error::sealed(&at, e))?;
+        Ok(opener)
+    }
+
+    /// Streams the plaintext of every record of `split`, chunk by chunk, in order. `f`
+    /// sees only authenticated plaintext. Storage reads run one batch ahead on a helper
+    /// thread.
+    pub fn for_each_chunk(
+        &self,
+        split: &Split,
+        progress: &dyn Progress,
+        mut f: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for entry in &split.shards {
+            let opener = self.open_shard(split, entry)?;
+            let h = opener.header().clone();
+            let at = self.at(&entry.path);
+            let n = h.chunk_count();
+            let per_batch = (BATCH_BYTES / (h.chunk_plain_len() + TAG_LEN as u64)).max(1);
+            std::thread::scope(|s| -> Result<()> {
+                let (tx, rx) = mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(1);
+                let store = &self.store;
+                let path = &entry.path;
+                let hh = &h;
+                s.spawn(move || {
+                    let mut i = 0;
+                    while i < n {
+                        let j = (i + per_batch).min(n);
+                        let range = hh.chunk_range(i).start..hh.chunk_range(j - 1).end;
+                        let r = store.get_range(path, range).map_err(Error::from);
+                        let failed = r.is_err();
+                        if tx.send(r.map(|b| (i, b))).is_err() || failed {
+                            return;
+                        }
+                        i = j;
+                    }
+                });
+                for batch in rx {
+                    let (first, mut bytes) = batch?;
+                    let mut off = 0usize;
+                    let mut i = first;
+                    while off < bytes.len() {
+                        let len = (h.chunk_range(i).end - h.chunk_range(i).start) as usize;
+                        let chunk =
+                            bytes
+                                .get_mut(off..off + len)
+                                .ok_or_else(|| Error::Integrity {
+                                    at: at.clone(),
+                                    source: blindfold_format::Error::Length {
+                                        object: h.object(),
+                                        what: format!("truncated in chunk {i}"),
+                                    },
+                                })?;
+                        let pt = opener
+                            .open_chunk(i, chunk)
+                            .map_err(|e| Error::sealed(&at, e))?;
+                        f(pt)?;
+                        progress.advance(pt.len() as u64);
+                        zeroize::Zeroize::zeroize(pt);
+                        off += len;
+                        i += 1;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks every shard and chunk; writes nothing.
+    pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let total: u64 = self.manifest.total_records() * self.manifest.schema.record_size() as u64;
+        progress.begin("verifying", total);
+        let mut report = VerifyReport::default();
+        for split in &self.manifest.splits {
+            self.for_each_chunk(split, progress, |pt| {
+                report.chunks += 1;
+                report.plaintext_bytes += pt.len() as u64;
+                Ok(())
+            })?;
+            report.shards += split.shards.len();
+            report.records += split.records;
+        }
+        progress.end();
+        Ok(report)
+    }
+
+    /// Decrypts the whole dataset into the original files under `dir`. Files appear
+    /// only once every chunk has been verified; on any error none is left behind.
+    pub fn open_to_dir(
+        &self,
+        dir: &Path,
+        force: bool,
+        progress: &dyn Progress,
+    ) -> Result<Vec<PathBuf>> {
+        let meta = self.metadata()?;
+        let mut exp = exporter(&meta, &self.manifest.schema)?;
+        let mut out = OutputSet::new(dir, force)?;
+        let total: u64 = self.manifest.total_records() * self.manifest.schema.record_size() as u64;
+        progress.begin("opening", total);
+        for split in &self.manifest.splits {
+            exp.begin_split(&mut out, &split.name, split.records)?;
+            self.for_each_chunk(split, progress, |pt| exp.records(&mut out, pt))?;
+            exp.end_split(&mut out)?;
+        }
+        let files = out.commit()?;
+        progress.end();
+        Ok(files)
+    }
+
+    /// Random access: records `[start, start + count)` of `split`, reading only the
+    /// chunks that hold them.
+    pub fn read_records(&self, split: &str, start: u64, count: u64) -> Result<Zeroizing<Vec<u8>>> {
+        let s = self
+            .manifest
+            .split(split)
+            .ok_or_else(|| Error::BadInput(format!("no split {split:?}")))?;
+        let end = start
+            .checked_add(count)
+            .filter(|&e| e <= s.records)
+            .ok_or_else(|| {
+                Error::BadInput(format!(
+                    "records {start}..{start}+{count} are out of range (split has {})",
+                    s.records
+                ))
+            })?;
+        let rs = self.manifest.schema.record_size() as u64;
+        let mut out = Zeroizing::new(Vec::with_capacity((count * rs) as usize));
+        let mut r = start;
+        while r < end {
+            let entry = s
+                .shards
+                .iter()
+                .find(|e| e.first_record <= r && r < e.first_record + e.records)
+                .ok_or_else(|| Error::Bug("record not in any shard".into()))?;
+            let opener = self.open_shard(s, entry)?;
+            let h: &ShardHeader = opener.header();
+            let at = self.at(&entry.path);
+            while r < end && r < entry.first_record + entry.records {
+                let local = r - entry.first_record;
+                let ci = h.chunk_of_record(local);
+                let mut buf = Zeroizing::new(self.store.get_range(&entry.path, h.chunk_range(ci))?);
+                let pt = opener
+                    .open_chunk(ci, &mut buf)
+                    .map_err(|e| Error::sealed(&at, e))?;
+                let chunk_first = ci * h.params.records_per_chunk as u64;
+                let from = local - chunk_first;
+                let take = (end - r).min(pt.len() as u64 / rs - from);
+                out.extend_from_slice(&pt[(from * rs) as usize..((from + take) * rs) as usize]);
+                r += take;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Shards checked.
+    pub shards: usize,
+    /// Chunks authenticated.
+    pub chunks: u64,
+    /// Records.
+    pub records: u64,
+    /// Plaintext bytes authenticated (and discarded).
+    pub plaintext_bytes: u64,
+}
+
+/// What a dataset shows without its key (`blindfold inspect`). Nothing here is
+/// authenticated.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The manifest as parsed, unverified.
+    pub manifest: Manifest,
+    /// SHA-256 of the manifest object.
+    pub manifest_sha256: [u8; 32],
+    /// Each listed shard and what storage holds for it.
+    pub shards: Vec<ShardStatus>,
+}
+
+/// One shard as storage holds it.
+#[derive(Debug, Clone)]
+pub struct ShardStatus {
+    /// Split.
+    pub split: String,
+    /// Entry as listed.
+    pub entry: ShardEntry,
+    /// Size found in storage, or `None` if missing.
+    pub found_size: Option<u64>,
+    /// The header parsed (unverified), or why it could not be.
+    pub header: std::result::Result<ShardHeader, String>,
+}
+
+/// Reads what a sealed dataset says about itself, without a key.
+pub fn inspect(store: &Store) -> Result<Inspection> {
+    let bytes = read_manifest(store)?;
+    let manifest = Manifest::parse_unverified(&bytes)
+        .map_err(|e| Error::sealed(format!("{}/{MANIFEST_NAME}", store.location()), e))?;
+    let mut shards = vec![];
+    for s in &manifest.splits {
+        for e in &s.shards {
+            let found_size = store.size(&e.path)?;
+            let header = match found_size {
+                None => Err("missing".to_owned()),
+                Some(sz) => {
+                    let head = store.get_range(&e.path, 0..sz.min(MAX_HEADER_LEN as u64))?;
+                    ShardHeader::parse(&head).map_err(|e| e.to_string())
+                }
+            };
+            shards.push(ShardStatus {
+                split: s.name.clone(),
+                entry: e.clone(),
+                found_size,
+                header,
+            });
+        }
+    }
+    Ok(Inspection {
+        manifest_sha256: manifest_digest(&bytes),
+        manifest,
+        shards,
+    })
+}

@@ -1,0 +1,258 @@
+//! CSV with a header row: one label column (by name, default `label`; if the file has
+//! no such column the records have no label) and numeric feature columns, read as
+//! `f32`; labels are integers, stored as `i64`. The whole file is checked in a first
+//! pass, so a bad cell fails before anything is written. `open` writes a CSV with the
+//! same columns in the same order; numbers are written in Rust's shortest round-trip
+//! form, so the text may differ from the input while the values are identical.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use blindfold_format::{DType, Schema};
+use serde_json::{json, Value};
+
+use super::{
+    file_name, format_element, meta_str, Exporter, Import, ImportOptions, OutputSet, RecordSource,
+    SplitSource,
+};
+use crate::error::{Error, Result};
+
+struct Layout {
+    columns: Vec<String>,
+    label: Option<usize>,
+}
+
+fn reader(path: &Path) -> Result<::csv::Reader<fs::File>> {
+    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    Ok(::csv::ReaderBuilder::new().has_headers(true).from_reader(f))
+}
+
+fn parse_row(
+    rec: &::csv::StringRecord,
+    layout: &Layout,
+    out: &mut Vec<u8>,
+    path: &Path,
+) -> Result<()> {
+    let line = rec.position().map_or(0, |p| p.line());
+    if rec.len() != layout.columns.len() {
+        return Err(Error::BadInput(format!(
+            "{}:{line}: {} fields, the header has {}",
+            path.display(),
+            rec.len(),
+            layout.columns.len()
+        )));
+    }
+    let mut label = None;
+    for (i, cell) in rec.iter().enumerate() {
+        let cell = cell.trim();
+        if Some(i) == layout.label {
+            let v: i64 = cell.parse().map_err(|_| {
+                Error::BadInput(format!(
+                    "{}:{line}: column {:?}: the label is not an integer",
+                    path.display(),
+                    layout.columns[i]
+                ))
+            })?;
+            label = Some(v);
+        } else {
+            let v: f32 = cell.parse().map_err(|_| {
+                Error::BadInput(format!(
+                    "{}:{line}: column {:?}: not a number",
+                    path.display(),
+                    layout.columns[i]
+                ))
+            })?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    if let Some(l) = label {
+        out.extend_from_slice(&l.to_le_bytes());
+    }
+    Ok(())
+}
+
+struct CsvSource {
+    rows: ::csv::StringRecordsIntoIter<fs::File>,
+    layout: Layout,
+    path: PathBuf,
+    scratch: Vec<u8>,
+}
+
+impl RecordSource for CsvSource {
+    fn read_records(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.scratch.clear();
+        while self.scratch.len() < buf.len() {
+            let rec = self
+                .rows
+                .next()
+                .ok_or_else(|| {
+                    Error::BadInput(format!(
+                        "{}: the file shrank while it was being sealed",
+                        self.path.display()
+                    ))
+                })?
+                .map_err(|e| Error::BadInput(format!("{}: {e}", self.path.display())))?;
+            parse_row(&rec, &self.layout, &mut self.scratch, &self.path)?;
+        }
+        if self.scratch.len() != buf.len() {
+            return Err(Error::Bug("CSV record size".into()));
+        }
+        buf.copy_from_slice(&self.scratch);
+        Ok(())
+    }
+}
+
+/// Imports a CSV file.
+pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
+    if opts.labels.is_some() {
+        return Err(Error::BadInput(
+            "--labels does not apply to CSV; use --label-column".into(),
+        ));
+    }
+    let mut r = reader(input)?;
+    let columns: Vec<String> = r
+        .headers()
+        .map_err(|e| Error::BadInput(format!("{}: {e}", input.display())))?
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .collect();
+    let label_name = opts.label_column.clone().unwrap_or_else(|| "label".into());
+    let label = columns.iter().position(|c| *c == label_name);
+    if label.is_none() && opts.label_column.is_some() {
+        return Err(Error::BadInput(format!(
+            "{}: no column named {label_name:?}",
+            input.display()
+        )));
+    }
+    let features = columns.len() - usize::from(label.is_some());
+    if features == 0 {
+        return Err(Error::BadInput(format!(
+            "{}: no feature columns",
+            input.display()
+        )));
+    }
+    let layout = Layout { columns, label };
+    // First pass: check every row, count them.
+    let mut count = 0u64;
+    let mut scratch = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| Error::BadInput(format!("{}: {e}", input.display())))?;
+        scratch.clear();
+        parse_row(&rec, &layout, &mut scratch, input)?;
+        count += 1;
+    }
+    let schema = Schema {
+        dtype: DType::F32,
+        shape: vec![features as u32],
+        label: layout.label.map(|_| DType::I64),
+    };
+    schema
+        .validate(&blindfold_format::Object::Unnamed)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", input.display())))?;
+    let split = opts.split.clone().unwrap_or_else(|| "data".into());
+    let metadata = json!({
+        "importer": "csv",
+        "file": file_name(input)?,
+        "columns": layout.columns,
+        "label_column": layout.label,
+    });
+    Ok(Import {
+        schema,
+        splits: vec![SplitSource {
+            name: split,
+            records: count,
+            source: Box::new(CsvSource {
+                rows: reader(input)?.into_records(),
+                layout,
+                path: input.to_owned(),
+                scratch: vec![],
+            }),
+        }],
+        metadata,
+    })
+}
+
+struct CsvExporter {
+    name: String,
+    columns: Vec<String>,
+    label: Option<usize>,
+    schema: Schema,
+    handle: Option<usize>,
+}
+
+pub(super) fn exporter(meta: &Value, schema: &Schema) -> Result<Box<dyn Exporter>> {
+    let columns: Vec<String> = meta
+        .get("columns")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::BadInput("sealed metadata lacks \"columns\"".into()))?
+        .iter()
+        .map(|c| c.as_str().map(str::to_owned))
+        .collect::<Option<_>>()
+        .ok_or_else(|| Error::BadInput("sealed metadata: bad column names".into()))?;
+    let label = meta
+        .get("label_column")
+        .and_then(Value::as_u64)
+        .map(|l| l as usize);
+    let features = columns.len() - usize::from(label.is_some());
+    if schema.elements() != features as u64 || schema.label.is_some() != label.is_some() {
+        return Err(Error::BadInput(
+            "sealed metadata and schema disagree about the CSV columns".into(),
+        ));
+    }
+    Ok(Box::new(CsvExporter {
+        name: meta_str(meta, "file")?.to_owned(),
+        columns,
+        label,
+        schema: schema.clone(),
+        handle: None,
+    }))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+impl Exporter for CsvExporter {
+    fn begin_split(&mut self, out: &mut OutputSet, _split: &str, _records: u64) -> Result<()> {
+        if self.handle.is_some() {
+            return Err(Error::BadInput("a CSV dataset has one split".into()));
+        }
+        let h = out.create(&self.name)?;
+        let head: Vec<String> = self.columns.iter().map(|c| csv_field(c)).collect();
+        out.write(h, format!("{}\n", head.join(",")).as_bytes())?;
+        self.handle = Some(h);
+        Ok(())
+    }
+
+    fn records(&mut self, out: &mut OutputSet, data: &[u8]) -> Result<()> {
+        let h = self.handle.expect("begun");
+        let es = self.schema.dtype.size();
+        let fsz = self.schema.feature_size();
+        let mut text = String::new();
+        for rec in data.chunks_exact(self.schema.record_size()) {
+            let mut feats = rec[..fsz]
+                .chunks_exact(es)
+                .map(|e| format_element(self.schema.dtype, e));
+            let cells: Vec<String> = (0..self.columns.len())
+                .map(|i| {
+                    if Some(i) == self.label {
+                        format_element(DType::I64, &rec[fsz..])
+                    } else {
+                        feats.next().unwrap_or_default()
+                    }
+                })
+                .collect();
+            text.push_str(&cells.join(","));
+            text.push('\n');
+        }
+        out.write(h, text.as_bytes())
+    }
+
+    fn end_split(&mut self, _out: &mut OutputSet) -> Result<()> {
+        Ok(())
+    }
+}

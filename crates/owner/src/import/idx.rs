@@ -1,0 +1,336 @@
+//! IDX files (the MNIST family): an images file and, optionally, its labels file, plain
+//! or gzip. A folder imports every `<prefix>-images-idx<N>-ubyte[.gz]` with its
+//! `<prefix>-labels-idx1-ubyte[.gz]`; the prefix names the split (`t10k` becomes `test`).
+//!
+//! IDX stores multi-byte elements big-endian; records are little-endian (§3), so they
+//! are swapped on the way in and back on the way out: `open` rebuilds the uncompressed
+//! files byte for byte.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use blindfold_format::{DType, Schema};
+use serde_json::{json, Value};
+
+use super::{
+    file_name, meta_str, split_name, swap_bytes, Exporter, Import, ImportOptions, Interleave,
+    OutputSet, SplitSource,
+};
+use crate::error::{Error, Result};
+
+fn dtype_of(code: u8) -> Option<DType> {
+    Some(match code {
+        0x08 => DType::U8,
+        0x09 => DType::I8,
+        0x0B => DType::I16,
+        0x0C => DType::I32,
+        0x0D => DType::F32,
+        0x0E => DType::F64,
+        _ => return None,
+    })
+}
+
+fn code_of(d: DType) -> Option<u8> {
+    Some(match d {
+        DType::U8 => 0x08,
+        DType::I8 => 0x09,
+        DType::I16 => 0x0B,
+        DType::I32 => 0x0C,
+        DType::F32 => 0x0D,
+        DType::F64 => 0x0E,
+        _ => return None,
+    })
+}
+
+/// A parsed IDX file: element type, dimensions, data converted to little-endian.
+pub struct Idx {
+    /// Element type.
+    pub dtype: DType,
+    /// Dimensions; the first counts items.
+    pub dims: Vec<u32>,
+    /// Elements, little-endian.
+    pub data: Vec<u8>,
+}
+
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
+    let raw = fs::read(path).map_err(|e| Error::io(path, e))?;
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::MultiGzDecoder::new(&raw[..])
+            .read_to_end(&mut out)
+            .map_err(|e| Error::BadInput(format!("{}: not valid gzip: {e}", path.display())))?;
+        Ok(out)
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Parses IDX bytes; `what` names the file in errors.
+pub fn parse(bytes: &[u8], what: &str) -> Result<Idx> {
+    let bad = |m: &str| Error::BadInput(format!("{what}: not an IDX file: {m}"));
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+        return Err(bad("bad magic"));
+    }
+    let dtype = dtype_of(bytes[2])
+        .ok_or_else(|| bad(&format!("unknown element type 0x{:02x}", bytes[2])))?;
+    let ndim = bytes[3] as usize;
+    if ndim == 0 || ndim > 1 + blindfold_format::MAX_DIMS {
+        return Err(bad("bad number of dimensions"));
+    }
+    let head = 4 + 4 * ndim;
+    if bytes.len() < head {
+        return Err(bad("truncated header"));
+    }
+    let dims: Vec<u32> = bytes[4..head]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    let elems = dims
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .ok_or_else(|| bad("too large"))?;
+    let want = elems
+        .checked_mul(dtype.size() as u64)
+        .ok_or_else(|| bad("too large"))?;
+    let have = (bytes.len() - head) as u64;
+    if have != want {
+        return Err(bad(&format!(
+            "header promises {want} data bytes, file has {have}"
+        )));
+    }
+    if dims[1..].contains(&0) {
+        return Err(bad("a dimension is zero"));
+    }
+    let mut data = bytes[head..].to_vec();
+    swap_bytes(&mut data, dtype.size());
+    Ok(Idx { dtype, dims, data })
+}
+
+/// Finds image/label pairs in a folder, sorted with `train` first.
+fn pairs_in(dir: &Path) -> Result<Vec<(String, PathBuf, Option<PathBuf>)>> {
+    let mut images = vec![];
+    let mut labels = vec![];
+    for e in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let base = name.strip_suffix(".gz").unwrap_or(name);
+        if let Some((prefix, _)) = base.split_once("-images-idx") {
+            images.push((prefix.to_owned(), p.clone()));
+        } else if let Some(prefix) = base.strip_suffix("-labels-idx1-ubyte") {
+            labels.push((prefix.to_owned(), p.clone()));
+        }
+    }
+    if images.is_empty() {
+        return Err(Error::BadInput(format!(
+            "{}: no IDX images files (<prefix>-images-idx3-ubyte[.gz]) in this folder",
+            dir.display()
+        )));
+    }
+    images.sort_by_key(|(p, _)| (p != "train", p.clone()));
+    Ok(images
+        .into_iter()
+        .map(|(prefix, img)| {
+            let lab = labels
+                .iter()
+                .find(|(p, _)| *p == prefix)
+                .map(|(_, l)| l.clone());
+            (prefix, img, lab)
+        })
+        .collect())
+}
+
+/// Imports a folder of IDX pairs, or one images file (with `--labels`).
+pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
+    let pairs = if input.is_dir() {
+        if opts.labels.is_some() {
+            return Err(Error::BadInput(
+                "--labels goes with an images file, not a folder".into(),
+            ));
+        }
+        pairs_in(input)?
+    } else {
+        let name = file_name(input)?;
+        let prefix = name
+            .split_once("-images-idx")
+            .map(|(p, _)| p.to_owned())
+            .unwrap_or_default();
+        vec![(prefix, input.to_owned(), opts.labels.clone())]
+    };
+    let mut schema: Option<Schema> = None;
+    let mut splits = vec![];
+    let mut meta_splits = serde_json::Map::new();
+    for (prefix, img_path, lab_path) in pairs {
+        let split = match (&opts.split, input.is_dir()) {
+            (Some(s), false) => s.clone(),
+            _ => split_name(&prefix),
+        };
+        let img = parse(&read_maybe_gz(&img_path)?, &img_path.display().to_string())?;
+        let n = img.dims[0];
+        let lab = match &lab_path {
+            Some(lp) => {
+                let l = parse(&read_maybe_gz(lp)?, &lp.display().to_string())?;
+                if l.dims.len() != 1 || l.dims[0] != n {
+                    return Err(Error::BadInput(format!(
+                        "{}: {} labels for {} images in {}",
+                        lp.display(),
+                        l.dims[0],
+                        n,
+                        img_path.display()
+                    )));
+                }
+                if matches!(l.dtype, DType::F32 | DType::F64) {
+                    return Err(Error::BadInput(format!(
+                        "{}: labels must be integers",
+                        lp.display()
+                    )));
+                }
+                Some(l)
+            }
+            None => None,
+        };
+        let s = Schema {
+            dtype: img.dtype,
+            shape: img.dims[1..].to_vec(),
+            label: lab.as_ref().map(|l| l.dtype),
+        };
+        s.validate(&blindfold_format::Object::Unnamed)
+            .map_err(|e| Error::BadInput(format!("{}: {e}", img_path.display())))?;
+        match &schema {
+            None => schema = Some(s.clone()),
+            Some(prev) if *prev != s => {
+                return Err(Error::BadInput(format!(
+                    "{}: records differ in shape or type from the other splits",
+                    img_path.display()
+                )))
+            }
+            Some(_) => {}
+        }
+        if splits.iter().any(|x: &SplitSource| x.name == split) {
+            return Err(Error::BadInput(format!(
+                "two inputs map to split {split:?}"
+            )));
+        }
+        meta_splits.insert(
+            split.clone(),
+            json!({
+                "images": strip_gz(&file_name(&img_path)?),
+                "labels": lab_path.as_deref().map(|p| file_name(p).map(|n| strip_gz(&n))).transpose()?,
+            }),
+        );
+        splits.push(SplitSource {
+            name: split,
+            records: n as u64,
+            source: Box::new(Interleave {
+                feature_size: s.feature_size(),
+                label_size: s.label.map_or(0, DType::size),
+                features: img.data,
+                labels: lab.map(|l| l.data),
+                next: 0,
+            }),
+        });
+    }
+    Ok(Import {
+        schema: schema.expect("at least one pair"),
+        splits,
+        metadata: json!({ "importer": "idx", "splits": meta_splits }),
+    })
+}
+
+fn strip_gz(name: &str) -> String {
+    name.strip_suffix(".gz").unwrap_or(name).to_owned()
+}
+
+struct IdxExporter {
+    meta: Value,
+    schema: Schema,
+    cur: Option<(usize, Option<usize>)>,
+    scratch: Vec<u8>,
+}
+
+pub(super) fn exporter(meta: &Value, schema: &Schema) -> Result<Box<dyn Exporter>> {
+    if code_of(schema.dtype).is_none() || schema.label.is_some_and(|l| code_of(l).is_none()) {
+        return Err(Error::BadInput(
+            "IDX metadata on a schema IDX cannot hold".into(),
+        ));
+    }
+    Ok(Box::new(IdxExporter {
+        meta: meta.clone(),
+        schema: schema.clone(),
+        cur: None,
+        scratch: vec![],
+    }))
+}
+
+fn idx_header(code: u8, dims: &[u32]) -> Vec<u8> {
+    let mut h = vec![0, 0, code, dims.len() as u8];
+    for d in dims {
+        h.extend_from_slice(&d.to_be_bytes());
+    }
+    h
+}
+
+impl Exporter for IdxExporter {
+    fn begin_split(&mut self, out: &mut OutputSet, split: &str, records: u64) -> Result<()> {
+        let m = self
+            .meta
+            .get("splits")
+            .and_then(|s| s.get(split))
+            .ok_or_else(|| Error::BadInput(format!("sealed metadata has no split {split:?}")))?
+            .clone();
+        let n = u32::try_from(records)
+            .map_err(|_| Error::BadInput("too many records for IDX".into()))?;
+        let img = out.create(meta_str(&m, "images")?)?;
+        let mut dims = vec![n];
+        dims.extend_from_slice(&self.schema.shape);
+        out.write(
+            img,
+            &idx_header(code_of(self.schema.dtype).expect("checked"), &dims),
+        )?;
+        let lab = match (m.get("labels").and_then(Value::as_str), self.schema.label) {
+            (Some(name), Some(l)) => {
+                let h = out.create(name)?;
+                out.write(h, &idx_header(code_of(l).expect("checked"), &[n]))?;
+                Some(h)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(Error::BadInput(
+                    "sealed metadata and schema disagree about labels".into(),
+                ))
+            }
+        };
+        self.cur = Some((img, lab));
+        Ok(())
+    }
+
+    fn records(&mut self, out: &mut OutputSet, data: &[u8]) -> Result<()> {
+        let (img, lab) = self.cur.expect("begun");
+        let fs = self.schema.feature_size();
+        let rs = self.schema.record_size();
+        let es = self.schema.dtype.size();
+        // Features, back to big-endian, in one write.
+        self.scratch.clear();
+        for rec in data.chunks_exact(rs) {
+            self.scratch.extend_from_slice(&rec[..fs]);
+        }
+        swap_bytes(&mut self.scratch, es);
+        out.write(img, &self.scratch)?;
+        if let (Some(h), Some(l)) = (lab, self.schema.label) {
+            self.scratch.clear();
+            for rec in data.chunks_exact(rs) {
+                self.scratch.extend_from_slice(&rec[fs..]);
+            }
+            swap_bytes(&mut self.scratch, l.size());
+            out.write(h, &self.scratch)?;
+        }
+        Ok(())
+    }
+
+    fn end_split(&mut self, _out: &mut OutputSet) -> Result<()> {
+        self.cur = None;
+        Ok(())
+    }
+}

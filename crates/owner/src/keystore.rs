@@ -1,0 +1,550 @@
+//! The owner's key store in `$BLINDFOLD_HOME` (default `~/.blindfold`).
+//!
+//! Layout (every file 0600, folders 0700, written to a temporary name, synced, renamed):
+//! - `keystore.json`: the master key (raw, or wrapped under Argon2id of a passphrase) and
+//!   the owner's HPKE identity (X25519) whose secret half is wrapped under the master key;
+//! - `datasets/<dataset id>.json`: each dataset's key wrapped under the master key, with
+//!   the latest manifest version and digest the owner published (rollback detection).
+//!
+//! Wrapping is AES-256-GCM (aws-lc-rs) with a random nonce and associated data naming
+//! what is wrapped, so a wrapped key cannot be moved to another record.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::aead;
+use blindfold_format::{DatasetId, DatasetKey, Suite};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+const KEYSTORE_FILE: &str = "keystore.json";
+const DATASETS_DIR: &str = "datasets";
+const AAD_MASTER: &[u8] = b"blindfold/v1/keystore/master";
+const AAD_IDENTITY: &[u8] = b"blindfold/v1/keystore/identity";
+const AAD_DATASET: &[u8] = b"blindfold/v1/keystore/dataset/";
+
+/// Argon2id cost for passphrase-protected key stores (64 MiB, 3 passes, 1 lane).
+pub const ARGON2_M_KIB: u32 = 64 * 1024;
+/// Argon2id passes.
+pub const ARGON2_T: u32 = 3;
+
+/// The key-store folder: `$BLINDFOLD_HOME`, else `~/.blindfold`.
+pub fn default_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("BLINDFOLD_HOME") {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".blindfold")
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeystoreFile {
+    format: u32,
+    master: MasterJson,
+    identity: IdentityJson,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kdf", rename_all = "lowercase", deny_unknown_fields)]
+enum MasterJson {
+    /// No passphrase: the master key is stored as is (protected by file permissions).
+    None { key: String },
+    /// Master key wrapped under Argon2id(passphrase).
+    Argon2id {
+        m_kib: u32,
+        t: u32,
+        p: u32,
+        salt: String,
+        nonce: String,
+        wrapped: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentityJson {
+    kem: String,
+    public: String,
+    nonce: String,
+    wrapped_secret: String,
+}
+
+/// What the key store records about one sealed dataset.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetRecord {
+    /// Dataset id (hex).
+    pub dataset_id: String,
+    /// Suite name.
+    pub suite: String,
+    /// Nonce of the wrapped key (hex).
+    pub nonce: String,
+    /// The dataset key wrapped under the master key (hex).
+    pub wrapped_key: String,
+    /// Latest manifest version the owner published.
+    pub version: u64,
+    /// SHA-256 of that manifest (hex).
+    pub manifest_sha256: String,
+    /// Where it was sealed to, as given.
+    pub location: String,
+}
+
+/// An unlocked key store.
+pub struct KeyStore {
+    home: PathBuf,
+    master: aead::LessSafeKey,
+    identity_public: Vec<u8>,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyStore({})", self.home.display())
+    }
+}
+
+fn rand_bytes<const N: usize>() -> Result<[u8; N]> {
+    blindfold_format::random_bytes().map_err(|e| Error::Bug(e.to_string()))
+}
+
+fn aes_key(raw: &[u8]) -> Result<aead::LessSafeKey> {
+    aead::UnboundKey::new(&aead::AES_256_GCM, raw)
+        .map(aead::LessSafeKey::new)
+        .map_err(|_| Error::Bug("AES key".into()))
+}
+
+fn wrap(key: &aead::LessSafeKey, aad: &[u8], secret: &[u8]) -> Result<(String, String)> {
+    let nonce: [u8; 12] = rand_bytes()?;
+    let mut buf = secret.to_vec();
+    key.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key(nonce),
+        aead::Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| Error::Bug("wrap".into()))?;
+    Ok((hex::encode(nonce), hex::encode(buf)))
+}
+
+fn unwrap(
+    key: &aead::LessSafeKey,
+    aad: &[u8],
+    nonce: &str,
+    wrapped: &str,
+) -> Option<Zeroizing<Vec<u8>>> {
+    let nonce: [u8; 12] = hex::decode(nonce).ok()?.try_into().ok()?;
+    let mut buf = Zeroizing::new(hex::decode(wrapped).ok()?);
+    let n = key
+        .open_in_place(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(aad),
+            &mut buf[..],
+        )
+        .ok()?
+        .len();
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn argon2_key(
+    passphrase: &[u8],
+    salt: &[u8],
+    m_kib: u32,
+    t: u32,
+    p: u32,
+) -> Result<Zeroizing<[u8; 32]>> {
+    let params = argon2::Params::new(m_kib, t, p, Some(32))
+        .map_err(|e| Error::KeyStore(format!("Argon2 parameters: {e}")))?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = Zeroizing::new([0u8; 32]);
+    a.hash_password_into(passphrase, salt, &mut out[..])
+        .map_err(|e| Error::KeyStore(format!("Argon2: {e}")))?;
+    Ok(out)
+}
+
+/// Writes `data` to `path` with mode 0600: temporary name, fsync, rename, fsync folder.
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Bug("path without parent".into()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(private_perms())
+        .tempfile_in(dir)
+        .map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(data).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn private_perms() -> fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    fs::Permissions::from_mode(0o600)
+}
+
+#[cfg(not(unix))]
+fn private_perms() -> fs::Permissions {
+    fs::metadata(".").map(|m| m.permissions()).expect("cwd")
+}
+
+fn create_private_dir(path: &Path) -> Result<()> {
+    fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+impl KeyStore {
+    /// Creates a key store in `home`. Refuses to touch an existing one.
+    pub fn init(home: &Path, passphrase: Option<&[u8]>) -> Result<KeyStore> {
+        let file = home.join(KEYSTORE_FILE);
+        if file.exists() {
+            return Err(Error::OutputExists(format!(
+                "key store {} (keys are never overwritten; move it away first if you really mean to start over)",
+                file.display()
+            )));
+        }
+        create_private_dir(home)?;
+        create_private_dir(&home.join(DATASETS_DIR))?;
+        let raw_master: Zeroizing<[u8; 32]> = Zeroizing::new(rand_bytes()?);
+        let master_json = match passphrase {
+            None => MasterJson::None {
+                key: hex::encode(&raw_master[..]),
+            },
+            Some(p) => {
+                if p.is_empty() {
+                    return Err(Error::BadInput("the passphrase is empty".into()));
+                }
+                let salt: [u8; 16] = rand_bytes()?;
+                let kek = argon2_key(p, &salt, ARGON2_M_KIB, ARGON2_T, 1)?;
+                let (nonce, wrapped) = wrap(&aes_key(&kek[..])?, AAD_MASTER, &raw_master[..])?;
+                MasterJson::Argon2id {
+                    m_kib: ARGON2_M_KIB,
+                    t: ARGON2_T,
+                    p: 1,
+                    salt: hex::encode(salt),
+                    nonce,
+                    wrapped,
+                }
+            }
+        };
+        let master = aes_key(&raw_master[..])?;
+        use hpke::{Kem, Serializable};
+        // RFC 9180 DeriveKeyPair from 32 bytes of OS randomness.
+        let ikm: Zeroizing<[u8; 32]> = Zeroizing::new(rand_bytes()?);
+        let (sk, pk) = hpke::kem::X25519HkdfSha256::derive_keypair(&ikm[..]);
+        let sk_bytes = Zeroizing::new(sk.to_bytes().to_vec());
+        let (nonce, wrapped_secret) = wrap(&master, AAD_IDENTITY, &sk_bytes)?;
+        let identity_public = pk.to_bytes().to_vec();
+        let ks = KeystoreFile {
+            format: 1,
+            master: master_json,
+            identity: IdentityJson {
+                kem: "X25519-HKDF-SHA256".into(),
+                public: hex::encode(&identity_public),
+                nonce,
+                wrapped_secret,
+            },
+        };
+        let json = serde_json::to_vec_pretty(&ks).map_err(|e| Error::Bug(e.to_string()))?;
+        write_private(&file, &json)?;
+        Ok(KeyStore {
+            home: home.to_owned(),
+            master,
+            identity_public,
+        })
+    }
+
+    /// Opens and unlocks the key store in `home`.
+    pub fn open(home: &Path, passphrase: Option<&[u8]>) -> Result<KeyStore> {
+        let file = home.join(KEYSTORE_FILE);
+        let bytes = match fs::read(&file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::KeyStore(format!(
+                    "no key store at {} (create one with `blindfold keys init`, or set BLINDFOLD_HOME)",
+                    home.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(&file, e)),
+        };
+        let ks: KeystoreFile = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::KeyStore(format!("{} is malformed: {e}", file.display())))?;
+        if ks.format != 1 {
+            return Err(Error::KeyStore(format!(
+                "{}: unsupported format {}",
+                file.display(),
+                ks.format
+            )));
+        }
+        let raw: Zeroizing<Vec<u8>> = match &ks.master {
+            MasterJson::None { key } => Zeroizing::new(
+                hex::decode(key).map_err(|_| Error::KeyStore("master key is not hex".into()))?,
+            ),
+            MasterJson::Argon2id {
+                m_kib,
+                t,
+                p,
+                salt,
+                nonce,
+                wrapped,
+            } => {
+                let pass = passphrase.ok_or_else(|| {
+                    Error::KeyStore(
+                        "the key store is passphrase-protected: set BLINDFOLD_PASSPHRASE or pass --passphrase-file".into(),
+                    )
+                })?;
+                let salt =
+                    hex::decode(salt).map_err(|_| Error::KeyStore("salt is not hex".into()))?;
+                let kek = argon2_key(pass, &salt, *m_kib, *t, *p)?;
+                unwrap(&aes_key(&kek[..])?, AAD_MASTER, nonce, wrapped).ok_or_else(|| {
+                    Error::KeyStore("wrong passphrase (or a damaged key store)".into())
+                })?
+            }
+        };
+        if raw.len() != 32 {
+            return Err(Error::KeyStore("master key has the wrong length".into()));
+        }
+        let master = aes_key(&raw)?;
+        // Check the identity unwraps: detects a damaged file or a mixed-up master key now.
+        unwrap(
+            &master,
+            AAD_IDENTITY,
+            &ks.identity.nonce,
+            &ks.identity.wrapped_secret,
+        )
+        .ok_or_else(|| {
+            Error::KeyStore("the identity key does not unwrap: damaged key store".into())
+        })?;
+        Ok(KeyStore {
+            home: home.to_owned(),
+            master,
+            identity_public: hex::decode(&ks.identity.public)
+                .map_err(|_| Error::KeyStore("identity public key is not hex".into()))?,
+        })
+    }
+
+    /// The folder.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The owner's HPKE public key (X25519, 32 bytes): sealed models are encrypted to it.
+    pub fn identity_public(&self) -> &[u8] {
+        &self.identity_public
+    }
+
+    fn record_path(&self, id: &DatasetId) -> PathBuf {
+        self.home
+            .join(DATASETS_DIR)
+            .join(format!("{}.json", id.to_hex()))
+    }
+
+    fn dataset_aad(id: &DatasetId) -> Vec<u8> {
+        let mut aad = AAD_DATASET.to_vec();
+        aad.extend_from_slice(&id.0);
+        aad
+    }
+
+    /// Records a new dataset's key. Refuses to replace an existing record.
+    pub fn add_dataset(
+        &self,
+        id: &DatasetId,
+        suite: Suite,
+        key: &DatasetKey,
+        version: u64,
+        manifest_sha256: &[u8; 32],
+        location: &str,
+    ) -> Result<()> {
+        let path = self.record_path(id);
+        if path.exists() {
+            return Err(Error::Bug(format!(
+                "dataset id {id} already in the key store"
+            )));
+        }
+        let (nonce, wrapped_key) = wrap(&self.master, &Self::dataset_aad(id), key.expose_secret())?;
+        let rec = DatasetRecord {
+            dataset_id: id.to_hex(),
+            suite: suite.name().into(),
+            nonce,
+            wrapped_key,
+            version,
+            manifest_sha256: hex::encode(manifest_sha256),
+            location: location.into(),
+        };
+        self.write_record(&rec)
+    }
+
+    fn write_record(&self, rec: &DatasetRecord) -> Result<()> {
+        let id =
+            DatasetId::from_hex(&rec.dataset_id).ok_or_else(|| Error::Bug("record id".into()))?;
+        let json = serde_json::to_vec_pretty(rec).map_err(|e| Error::Bug(e.to_string()))?;
+        write_private(&self.record_path(&id), &json)
+    }
+
+    /// Removes a dataset record (used to undo a seal that failed before publishing).
+    pub fn remove_dataset(&self, id: &DatasetId) -> Result<()> {
+        let p = self.record_path(id);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(p, e)),
+        }
+    }
+
+    /// The record and unwrapped key of a dataset.
+    pub fn dataset(&self, id: &DatasetId) -> Result<(DatasetRecord, DatasetKey)> {
+        let p = self.record_path(id);
+        let bytes = match fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::KeyStore(format!(
+                    "no key for dataset {id} in {} (it was sealed with another key store)",
+                    self.home.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(p, e)),
+        };
+        let rec: DatasetRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::KeyStore(format!("{} is malformed: {e}", p.display())))?;
+        if rec.dataset_id != id.to_hex() {
+            return Err(Error::KeyStore(format!(
+                "{} names another dataset",
+                p.display()
+            )));
+        }
+        let raw = unwrap(
+            &self.master,
+            &Self::dataset_aad(id),
+            &rec.nonce,
+            &rec.wrapped_key,
+        )
+        .ok_or_else(|| {
+            Error::KeyStore(format!(
+                "the key in {} does not unwrap: damaged record",
+                p.display()
+            ))
+        })?;
+        let key = DatasetKey::from_slice(&raw)
+            .map_err(|_| Error::KeyStore("dataset key has the wrong length".into()))?;
+        Ok((rec, key))
+    }
+
+    /// Advances a dataset's recorded version and manifest digest.
+    pub fn set_version(
+        &self,
+        id: &DatasetId,
+        version: u64,
+        manifest_sha256: &[u8; 32],
+    ) -> Result<()> {
+        let (mut rec, _key) = self.dataset(id)?;
+        rec.version = version;
+        rec.manifest_sha256 = hex::encode(manifest_sha256);
+        self.write_record(&rec)
+    }
+
+    /// Every dataset record, sorted by id.
+    pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        let dir = self.home.join(DATASETS_DIR);
+        let mut out = vec![];
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        for e in rd {
+            let e = e.map_err(|e| Error::io(&dir, e))?;
+            let name = e.file_name();
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(DatasetId::from_hex)
+            else {
+                continue;
+            };
+            out.push(self.dataset(&id)?.0);
+        }
+        out.sort_by(|a, b| a.dataset_id.cmp(&b.dataset_id));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_open_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("ks");
+        let ks = KeyStore::init(&home, None).unwrap();
+        assert_eq!(ks.identity_public().len(), 32);
+        assert!(matches!(
+            KeyStore::init(&home, None),
+            Err(Error::OutputExists(_))
+        ));
+        let id = DatasetId::generate().unwrap();
+        let key = DatasetKey::generate().unwrap();
+        ks.add_dataset(&id, Suite::Aes256Gcm, &key, 1, &[7; 32], "x")
+            .unwrap();
+        let ks2 = KeyStore::open(&home, None).unwrap();
+        let (rec, k2) = ks2.dataset(&id).unwrap();
+        assert_eq!(k2.expose_secret(), key.expose_secret());
+        assert_eq!(rec.version, 1);
+        ks2.set_version(&id, 2, &[8; 32]).unwrap();
+        assert_eq!(ks2.datasets().unwrap()[0].version, 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [home.join(KEYSTORE_FILE), ks.record_path(&id)] {
+                assert_eq!(
+                    fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+                    0o600,
+                    "{f:?}"
+                );
+            }
+            assert_eq!(
+                fs::metadata(&home).unwrap().permissions().mode() & 0o777,
+                0o700
+            );
+        }
+        // A wrapped key moved to another record does not unwrap.
+        let other = DatasetId::generate().unwrap();
+        let mut rec = ks.dataset(&id).unwrap().0;
+        rec.dataset_id = other.to_hex();
+        ks.write_record(&rec).unwrap();
+        assert!(matches!(ks.dataset(&other), Err(Error::KeyStore(_))));
+    }
+
+    #[test]
+    fn passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::init(dir.path(), Some(b"correct horse")).unwrap();
+        let pk = ks.identity_public().to_vec();
+        assert!(
+            matches!(KeyStore::open(dir.path(), None), Err(Error::KeyStore(m)) if m.contains("passphrase-protected"))
+        );
+        assert!(
+            matches!(KeyStore::open(dir.path(), Some(b"wrong")), Err(Error::KeyStore(m)) if m.contains("wrong passphrase"))
+        );
+        assert_eq!(
+            KeyStore::open(dir.path(), Some(b"correct horse"))
+                .unwrap()
+                .identity_public(),
+            &pk[..]
+        );
+    }
+}
