@@ -24,7 +24,10 @@ struct Layout {
 
 fn reader(path: &Path) -> Result<::csv::Reader<fs::File>> {
     let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    Ok(::csv::ReaderBuilder::new().has_headers(true).from_reader(f))
+    Ok(::csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(f))
 }
 
 fn parse_row(
