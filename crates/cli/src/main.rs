@@ -461,7 +461,7 @@ fn inspect(a: &InspectArgs) -> Result<(), Error> {
             .join("x")
     };
     println!(
-        "  records          {} {} , label {}, {} bytes each, {} per chunk",
+        "  records          {} {}, label {}, {} bytes each, {} per chunk",
         m.schema.dtype,
         shape,
         m.schema.label.map_or("none".to_string(), |l| l.to_string()),

@@ -141,6 +141,10 @@ fn main() {
             },
         },
     ];
+    let corpus = std::path::Path::new("fuzz/corpus");
+    for t in ["shard_header", "shard_open", "manifest", "importers"] {
+        std::fs::create_dir_all(corpus.join(t)).unwrap();
+    }
     let dir = std::path::Path::new("testdata/vectors");
     std::fs::create_dir_all(dir).unwrap();
     for v in vectors {
@@ -176,6 +180,60 @@ fn main() {
         let mut out = head.into_bytes();
         out.extend_from_slice(&shard);
         std::fs::write(dir.join(format!("{}.vec", v.name)), out).unwrap();
+        // Seeds for the fuzzers: every vector's shard (sealed under the fuzz key).
+        assert_eq!(key, blindfold_format::fuzz::FUZZ_KEY);
+        std::fs::write(corpus.join("shard_header").join(v.name), &shard).unwrap();
+        std::fs::write(corpus.join("shard_open").join(v.name), &shard).unwrap();
+        if v.name == "aes-multi-chunk" {
+            let h = ShardHeader::parse(&shard).unwrap();
+            // A manifest listing one split whose only shard is index 0.
+            let p0 = ShardParams {
+                index: 0,
+                first_record: 0,
+                ..h.params.clone()
+            };
+            let s0 = ShardSealer::with_randomness(&DatasetKey::from_bytes(key), p0, salt, prefix)
+                .unwrap();
+            let e0 = ShardEntry {
+                index: 0,
+                path: shard_path("train", 0, &salt),
+                records: 10,
+                first_record: 0,
+                size: s0.header().shard_len(),
+                header_sha256: s0.header_digest(),
+            };
+            let split = Split {
+                name: "train".into(),
+                records: 10,
+                shards: vec![e0],
+            };
+            let (_, m) = Manifest::seal(
+                &DatasetKey::from_bytes(key),
+                id,
+                Suite::Aes256Gcm,
+                1,
+                h.params.schema.clone(),
+                h.params.records_per_chunk,
+                vec![split],
+                br#"{"importer":"raw","file":"x"}"#,
+            )
+            .unwrap();
+            std::fs::write(corpus.join("manifest").join("one-split"), &m).unwrap();
+            let mut t = m.clone();
+            let n = t.len();
+            t[n - 1] ^= 1;
+            std::fs::write(corpus.join("manifest").join("bad-tag"), &t).unwrap();
+        }
         println!("wrote {}.vec", v.name);
     }
+    // Importer seeds: first byte 0 = IDX, 1 = NPY.
+    let mut idx = vec![0u8, 0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
+    idx.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    std::fs::write(corpus.join("importers").join("idx-u8"), &idx).unwrap();
+    let mut npy = vec![1u8];
+    npy.extend_from_slice(b"\x93NUMPY\x01\x00");
+    let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }          \n";
+    npy.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    npy.extend_from_slice(h.as_bytes());
+    std::fs::write(corpus.join("importers").join("npy-f4"), &npy).unwrap();
 }

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod error;
+pub mod fuzz;
 mod keys;
 mod manifest;
 mod schema;

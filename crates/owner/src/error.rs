@@ -96,7 +96,10 @@ impl Error {
     /// A short category for exit codes and scripts.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::BadInput(_) | Error::OutputExists(_) | Error::NoDataset(_) => "bad input",
+            Error::BadInput(_)
+            | Error::OutputExists(_)
+            | Error::NoDataset(_)
+            | Error::Storage(blindfold_store::Error::BadLocation(..)) => "bad input",
             Error::Integrity { .. } | Error::MissingShard { .. } | Error::RolledBack { .. } => {
                 "integrity"
             }

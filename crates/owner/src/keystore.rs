@@ -212,8 +212,8 @@ impl KeyStore {
     pub fn init(home: &Path, passphrase: Option<&[u8]>) -> Result<KeyStore> {
         let file = home.join(KEYSTORE_FILE);
         if file.exists() {
-            return Err(Error::OutputExists(format!(
-                "key store {} (keys are never overwritten; move it away first if you really mean to start over)",
+            return Err(Error::BadInput(format!(
+                "a key store already exists at {}: keys are never overwritten (move it away first if you really mean to start over)",
                 file.display()
             )));
         }

@@ -52,7 +52,7 @@ pub enum Error {
         path: String,
         /// The backend's error.
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// The internal runtime could not be started.
     #[error("could not start the storage runtime: {0}")]
@@ -168,7 +168,7 @@ impl Store {
                 location: self.location.clone(),
                 op,
                 path: path.to_owned(),
-                source,
+                source: Box::new(source),
             },
         }
     }

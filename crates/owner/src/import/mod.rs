@@ -320,3 +320,16 @@ pub(crate) fn format_element(dtype: DType, b: &[u8]) -> String {
         DType::F64 => le!(f64),
     }
 }
+
+/// Fuzz entry point for the IDX and NPY header parsers (the first byte picks which).
+/// Must never panic.
+pub fn fuzz(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    if which & 1 == 0 {
+        let _ = idx::parse(rest, "fuzz");
+    } else {
+        let _ = npy::read_header(&mut &rest[..], "fuzz");
+    }
+}

@@ -1,0 +1,243 @@
+//! The `blindfold` command line, pinned by snapshot tests (insta): help texts, the
+//! owner's flow on a small IDX dataset, and the one-line errors with their exit codes.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn cmd(&self, args: &[&str]) -> Output {
+        Command::cargo_bin("blindfold")
+            .unwrap()
+            .current_dir(self.path())
+            .env("BLINDFOLD_HOME", self.path().join("home"))
+            .env_remove("BLINDFOLD_PASSPHRASE")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+    /// Runs, expects `code`, returns stdout and stderr with temporary paths and random
+    /// values replaced.
+    fn run(&self, args: &[&str], code: i32) -> String {
+        let o = self.cmd(args);
+        let text = format!(
+            "exit: {}\n--- stdout\n{}--- stderr\n{}",
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(code), "{args:?}\n{text}");
+        text.replace(&self.path().display().to_string(), "[TMP]")
+    }
+}
+
+fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.add_filter(r"\b[0-9a-f]{64}\b", "[HEX64]");
+    s.add_filter(r"\b[0-9a-f]{32}\b", "[ID]");
+    s.add_filter(r"-[0-9a-f]{16}\.bfs", "-[TAG].bfs");
+    s.add_filter(r"\.tmp[A-Za-z0-9]{6}", "[TMPDIR]");
+    s.add_filter(r"blindfold \d+\.\d+\.\d+", "blindfold [VERSION]");
+    s
+}
+
+fn idx_input(root: &Path) {
+    let d = root.join("fm");
+    fs::create_dir_all(&d).unwrap();
+    for (prefix, n) in [("train", 12u32), ("t10k", 5)] {
+        let mut img = vec![0, 0, 8, 3];
+        for x in [n, 3, 3] {
+            img.extend_from_slice(&x.to_be_bytes());
+        }
+        img.extend((0..n * 9).map(|i| (i % 200) as u8));
+        let mut lab = vec![0, 0, 8, 1];
+        lab.extend_from_slice(&n.to_be_bytes());
+        lab.extend((0..n).map(|i| (i % 10) as u8));
+        fs::write(d.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+        fs::write(d.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+    }
+}
+
+#[test]
+fn help_texts() {
+    let e = Env::new();
+    settings().bind(|| {
+        insta::assert_snapshot!("help", e.run(&["--help"], 0));
+        insta::assert_snapshot!("seal_help", e.run(&["seal", "--help"], 0));
+        insta::assert_snapshot!("keys_init_help", e.run(&["keys", "init", "--help"], 0));
+    });
+}
+
+#[test]
+fn owner_flow() {
+    let e = Env::new();
+    idx_input(e.path());
+    settings().bind(|| {
+        insta::assert_snapshot!("no_keystore", e.run(&["seal", "fm", "--out", "sealed"], 5));
+        insta::assert_snapshot!("keys_init", e.run(&["keys", "init"], 0));
+        insta::assert_snapshot!("keys_init_again", e.run(&["keys", "init"], 3));
+        insta::assert_snapshot!("seal", e.run(&["seal", "fm", "--out", "sealed"], 0));
+        insta::assert_snapshot!("seal_again", e.run(&["seal", "fm", "--out", "sealed"], 3));
+        insta::assert_snapshot!("inspect", e.run(&["inspect", "sealed"], 0));
+        insta::assert_snapshot!("verify", e.run(&["verify", "sealed"], 0));
+        insta::assert_snapshot!("open", e.run(&["open", "sealed", "--out", "opened"], 0));
+        insta::assert_snapshot!(
+            "open_again",
+            e.run(&["open", "sealed", "--out", "opened"], 3)
+        );
+        insta::assert_snapshot!("keys_show", e.run(&["keys", "show"], 0));
+    });
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        assert_eq!(
+            fs::read(e.path().join("opened").join(f)).unwrap(),
+            fs::read(e.path().join("fm").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // Tamper with a byte in the middle of the train shard.
+    let shard = fs::read_dir(e.path().join("sealed/shards"))
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("train-")
+        })
+        .unwrap();
+    let mut b = fs::read(&shard).unwrap();
+    let at = b.len() - 20;
+    b[at] ^= 0x10;
+    fs::write(&shard, &b).unwrap();
+    settings().bind(|| {
+        insta::assert_snapshot!("verify_tampered", e.run(&["verify", "sealed"], 4));
+        insta::assert_snapshot!(
+            "open_tampered",
+            e.run(&["open", "sealed", "--out", "opened2"], 4)
+        );
+    });
+    assert!(!e
+        .path()
+        .join("opened2")
+        .join("train-images-idx3-ubyte")
+        .exists());
+    fs::remove_file(&shard).unwrap();
+    settings().bind(|| insta::assert_snapshot!("verify_missing", e.run(&["verify", "sealed"], 4)));
+}
+
+#[test]
+fn bad_input() {
+    let e = Env::new();
+    e.run(&["keys", "init"], 0);
+    fs::write(e.path().join("notes.txt"), "hello").unwrap();
+    fs::write(e.path().join("t.csv"), "a,label\n1,2\nx,3\n").unwrap();
+    settings().bind(|| {
+        insta::assert_snapshot!(
+            "unknown_format",
+            e.run(&["seal", "notes.txt", "--out", "s1"], 3)
+        );
+        insta::assert_snapshot!("bad_csv", e.run(&["seal", "t.csv", "--out", "s2"], 3));
+        insta::assert_snapshot!("no_dataset", e.run(&["verify", "."], 3));
+        insta::assert_snapshot!("bad_scheme", e.run(&["inspect", "ftp://x/y"], 3));
+    });
+    // A rejected input writes nothing.
+    assert!(!e.path().join("s2").join("manifest.bfm").exists());
+    assert!(
+        fs::read_dir(e.path().join("s2"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
+}
+
+#[test]
+fn passphrase_protected_keystore() {
+    let e = Env::new();
+    fs::write(e.path().join("pass"), "correct horse battery staple\n").unwrap();
+    e.run(
+        &["keys", "init", "--passphrase", "--passphrase-file", "pass"],
+        0,
+    );
+    fs::write(e.path().join("f.bin"), b"secret bytes").unwrap();
+    settings().bind(|| {
+        insta::assert_snapshot!(
+            "locked",
+            e.run(&["seal", "f.bin", "--format", "raw", "--out", "s"], 5)
+        );
+    });
+    fs::write(e.path().join("wrong"), "nope").unwrap();
+    let wrong = e.run(
+        &[
+            "seal",
+            "f.bin",
+            "--format",
+            "raw",
+            "--out",
+            "s",
+            "--passphrase-file",
+            "wrong",
+        ],
+        5,
+    );
+    assert!(wrong.contains("wrong passphrase"), "{wrong}");
+    e.run(
+        &[
+            "seal",
+            "f.bin",
+            "--format",
+            "raw",
+            "--out",
+            "s",
+            "--passphrase-file",
+            "pass",
+        ],
+        0,
+    );
+    e.run(&["open", "s", "--out", "o", "--passphrase-file", "pass"], 0);
+    assert_eq!(fs::read(e.path().join("o/f.bin")).unwrap(), b"secret bytes");
+}
+
+/// The README's main job, on the real Fashion-MNIST from Debian's package (installed by
+/// scripts/test).
+#[test]
+fn demo_on_fashion_mnist() {
+    let data = Path::new("/usr/share/datasets/fashion-mnist");
+    assert!(
+        data.join("train-images-idx3-ubyte.gz").exists(),
+        "Fashion-MNIST missing: apt-get install dataset-fashion-mnist (scripts/test does)"
+    );
+    let e = Env::new();
+    let out = e.run(&["demo", "--workdir", "demo"], 0);
+    assert!(
+        out.contains("4/4 files byte-identical to the originals"),
+        "{out}"
+    );
+    assert!(out.contains("70000 (train 60000, test 10000)"), "{out}");
+    assert!(out.contains("one flipped byte refused"), "{out}");
+    // A second run replaces its own previous workdir; a foreign folder is refused.
+    e.run(&["demo", "--workdir", "demo"], 0);
+    fs::create_dir_all(e.path().join("mine")).unwrap();
+    fs::write(e.path().join("mine/keep"), "x").unwrap();
+    e.run(&["demo", "--workdir", "mine"], 3);
+    assert!(e.path().join("mine/keep").exists());
+}
