@@ -140,7 +140,7 @@ impl Schema {
         for &d in &self.shape {
             size = size.saturating_mul(d as u128);
         }
-        size += self.label.map_or(0, DType::size) as u128;
+        size = size.saturating_add(self.label.map_or(0, DType::size) as u128);
         if size > MAX_RECORD_SIZE as u128 {
             return Err(Error::malformed(object, "record larger than 16 MiB"));
         }

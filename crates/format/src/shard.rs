@@ -164,7 +164,7 @@ impl ShardHeader {
             return Err(Error::malformed(&obj, "reserved byte is not zero"));
         }
         let len = u32::from_be_bytes(prefix[12..16].try_into().expect("4 bytes")) as usize;
-        if !(HEADER_PREFIX_LEN..=MAX_HEADER_LEN).contains(&len) {
+        if !(HEADER_PREFIX_LEN + MAC_LEN..=MAX_HEADER_LEN).contains(&len) {
             return Err(Error::malformed(
                 &obj,
                 format!("header length {len} out of range"),
