@@ -1,0 +1,138 @@
+//! The key broker's wire protocol, shared by the broker and the trusted zone's client:
+//! the subset of Confidential Containers' Trustee KBS protocol 0.4.0 that blindfold
+//! speaks (`docs/broker-protocol.md`), the report-data binding, the JWE profile used to
+//! encrypt a released key to an ephemeral TEE key, and the release object.
+//!
+//! Holds no dataset-decryption code: a released key is opaque bytes here.
+#![forbid(unsafe_code)]
+
+pub mod canonical;
+pub mod errors;
+pub mod jwe;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+pub use kbs_types::{
+    Attestation, Challenge, CompositeEvidence, Request, Response, RuntimeData, Tee, TeePubKey,
+};
+
+/// The protocol version spoken, compared exactly.
+pub const PROTOCOL_VERSION: &str = "0.4.0";
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "kbs-session-id";
+/// Resource repository and type under which datasets are released.
+pub const RESOURCE_REPO: &str = "blindfold";
+/// Resource type of a dataset key.
+pub const RESOURCE_TYPE: &str = "dataset";
+/// Largest request body accepted by the broker.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The resource path of a dataset's key.
+pub fn resource_path(dataset_id_hex: &str) -> String {
+    format!("/kbs/v0/resource/{RESOURCE_REPO}/{RESOURCE_TYPE}/{dataset_id_hex}")
+}
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A peer sent something this protocol does not allow.
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// A key type or algorithm this implementation does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Decryption failed (wrong key or modified message).
+    #[error("decryption failed")]
+    DecryptFailed,
+    /// The platform's random generator failed.
+    #[error("random number generator failed")]
+    Random,
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// SHA-384 of the RFC 8785 canonical JSON of
+/// `{"additional-evidence", "nonce", "tee-pubkey"}`: what a TEE's report data must hold
+/// (§2 of docs/broker-protocol.md), as Trustee computes it.
+pub fn report_data_binding(
+    nonce: &str,
+    tee_pubkey: &TeePubKey,
+    additional_evidence: &str,
+) -> Result<[u8; 48]> {
+    let key = serde_json::to_value(tee_pubkey).map_err(|e| Error::Malformed(e.to_string()))?;
+    let v = serde_json::json!({
+        "additional-evidence": additional_evidence,
+        "nonce": nonce,
+        "tee-pubkey": key,
+    });
+    let text = canonical::jcs(&v)?;
+    Ok(sha2::Sha384::digest(text.as_bytes()).into())
+}
+
+/// The 64-byte report data of SNP and TDX: the binding followed by 16 zero bytes.
+pub fn report_data_64(binding: &[u8; 48]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[..48].copy_from_slice(binding);
+    out
+}
+
+/// Evidence of the `sample` TEE (no hardware root of trust; tests only).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SampleEvidence {
+    /// Security version, self-declared.
+    pub svn: String,
+    /// Base64 (standard alphabet, no padding) of the 48-byte binding.
+    pub report_data: String,
+    /// A self-declared measurement (hex); blindfold's extension, absent in stock clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurement: Option<String>,
+}
+
+impl SampleEvidence {
+    /// Evidence for a binding.
+    pub fn new(binding: &[u8; 48], measurement: Option<String>) -> Self {
+        SampleEvidence {
+            svn: "1".into(),
+            report_data: base64::engine::general_purpose::STANDARD_NO_PAD.encode(binding),
+            measurement,
+        }
+    }
+}
+
+/// What the broker releases for a dataset, encrypted to the TEE key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Release {
+    /// Dataset id (hex).
+    pub dataset_id: String,
+    /// Base64 of the 32-byte dataset key.
+    pub key: String,
+    /// SHA-256 of the manifest the owner registered (hex).
+    pub manifest_sha256: String,
+    /// Manifest version the owner registered.
+    pub version: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// Claims the broker issues in its attestation token (a JWT, ES256).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenClaims {
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Session id the token stands for.
+    pub jti: String,
+    /// TEE type.
+    pub tee: String,
+}
