@@ -188,49 +188,67 @@ impl SealedDataset {
             let at = self.at(&entry.path);
             let n = h.chunk_count();
             let per_batch = (BATCH_BYTES / (h.chunk_plain_len() + TAG_LEN as u64)).max(1);
+            // Reading and opening run on a helper thread, one batch ahead of `f`, so
+            // storage reads and decryption overlap with what `f` does (writing files).
             std::thread::scope(|s| -> Result<()> {
-                let (tx, rx) = mpsc::sync_channel::<Result<(u64, Vec<u8>)>>(1);
+                type Batch = (Vec<u8>, usize);
+                let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(1);
+                // Buffers come back to the reader for reuse (no fresh allocation per batch).
+                let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
                 let store = &self.store;
                 let path = &entry.path;
-                let hh = &h;
+                let (hh, opener, at) = (&h, &opener, &at);
                 s.spawn(move || {
                     let mut i = 0;
                     while i < n {
                         let j = (i + per_batch).min(n);
                         let range = hh.chunk_range(i).start..hh.chunk_range(j - 1).end;
-                        let r = store.get_range(path, range).map_err(Error::from);
-                        let failed = r.is_err();
-                        if tx.send(r.map(|b| (i, b))).is_err() || failed {
+                        let base = hh.chunk_range(i).start;
+                        let mut buf = free_rx.try_recv().unwrap_or_default();
+                        let batch = store
+                            .get_range_into(path, range, &mut buf)
+                            .map_err(Error::from)
+                            .map(|()| buf)
+                            .and_then(|mut bytes| {
+                                // Plaintexts are packed to the front of the buffer as chunks
+                                // open, so the consumer gets one contiguous run of records.
+                                let mut packed = 0usize;
+                                for k in i..j {
+                                    let r = hh.chunk_range(k);
+                                    let (a, b) =
+                                        ((r.start - base) as usize, (r.end - base) as usize);
+                                    let chunk =
+                                        bytes.get_mut(a..b).ok_or_else(|| Error::Integrity {
+                                            at: at.clone(),
+                                            source: blindfold_format::Error::Length {
+                                                object: hh.object(),
+                                                what: format!("truncated in chunk {k}"),
+                                            },
+                                        })?;
+                                    let len = opener
+                                        .open_chunk(k, chunk)
+                                        .map_err(|e| Error::sealed(at, e))?
+                                        .len();
+                                    bytes.copy_within(a..a + len, packed);
+                                    packed += len;
+                                }
+                                // Wipe the tail (tags and stale plaintext) before handing it on.
+                                zeroize::Zeroize::zeroize(&mut bytes[packed..]);
+                                Ok((bytes, packed))
+                            });
+                        let failed = batch.is_err();
+                        if tx.send(batch).is_err() || failed {
                             return;
                         }
                         i = j;
                     }
                 });
                 for batch in rx {
-                    let (first, mut bytes) = batch?;
-                    let mut off = 0usize;
-                    let mut i = first;
-                    while off < bytes.len() {
-                        let len = (h.chunk_range(i).end - h.chunk_range(i).start) as usize;
-                        let chunk =
-                            bytes
-                                .get_mut(off..off + len)
-                                .ok_or_else(|| Error::Integrity {
-                                    at: at.clone(),
-                                    source: blindfold_format::Error::Length {
-                                        object: h.object(),
-                                        what: format!("truncated in chunk {i}"),
-                                    },
-                                })?;
-                        let pt = opener
-                            .open_chunk(i, chunk)
-                            .map_err(|e| Error::sealed(&at, e))?;
-                        f(pt)?;
-                        progress.advance(pt.len() as u64);
-                        zeroize::Zeroize::zeroize(pt);
-                        off += len;
-                        i += 1;
-                    }
+                    let (mut bytes, packed) = batch?;
+                    f(&bytes[..packed])?;
+                    progress.advance(packed as u64);
+                    zeroize::Zeroize::zeroize(&mut bytes[..]);
+                    let _ = free_tx.send(bytes);
                 }
                 Ok(())
             })?;

@@ -494,7 +494,7 @@ mod tests {
         assert_eq!(ks.identity_public().len(), 32);
         assert!(matches!(
             KeyStore::init(&home, None),
-            Err(Error::OutputExists(_))
+            Err(Error::BadInput(_))
         ));
         let id = DatasetId::generate().unwrap();
         let key = DatasetKey::generate().unwrap();

@@ -181,7 +181,7 @@ impl Store {
                 let r = self.inner.get(&p).await?;
                 r.bytes().await
             })
-            .map(|b| b.to_vec())
+            .map(Vec::from)
             .map_err(|e| self.err("read", path, e))
     }
 
@@ -190,8 +190,43 @@ impl Store {
         let p = ObjPath::from(path);
         self.rt
             .block_on(self.inner.get_range(&p, range))
-            .map(|b| b.to_vec())
+            .map(Vec::from)
             .map_err(|e| self.err("read range of", path, e))
+    }
+
+    /// Reads bytes `range` of the object into `buf` (replacing its contents), reusing its
+    /// allocation. On a local folder this is one positional read.
+    pub fn get_range_into(&self, path: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            *buf = self.get_range(path, range)?;
+            return Ok(());
+        };
+        use std::os::unix::fs::FileExt;
+        let len = (range.end - range.start) as usize;
+        buf.clear();
+        buf.resize(len, 0);
+        let f = std::fs::File::open(root.join(path))
+            .map_err(|e| self.io_err("read range of", path, e))?;
+        f.read_exact_at(buf, range.start)
+            .map_err(|e| self.io_err("read range of", path, e))
+    }
+
+    fn io_err(&self, op: &'static str, path: &str, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return Error::NotFound {
+                location: self.location.clone(),
+                path: path.to_owned(),
+            };
+        }
+        Error::Backend {
+            location: self.location.clone(),
+            op,
+            path: path.to_owned(),
+            source: Box::new(object_store::Error::Generic {
+                store: "local",
+                source: Box::new(e),
+            }),
+        }
     }
 
     /// The object's size, or `None` when it does not exist.
@@ -204,13 +239,33 @@ impl Store {
         }
     }
 
-    /// Writes a whole object atomically (readers see the old object or the new one).
+    /// Writes a whole object atomically (readers see the old object or the new one) and
+    /// durably (on a local folder, the file and its folder are synced).
     pub fn put(&self, path: &str, data: Vec<u8>) -> Result<()> {
         let p = ObjPath::from(path);
         self.rt
             .block_on(self.inner.put(&p, PutPayload::from(data)))
-            .map(|_| ())
-            .map_err(|e| self.err("write", path, e))
+            .map_err(|e| self.err("write", path, e))?;
+        self.sync(path)
+    }
+
+    /// On a local folder, flushes an object and its folder to disk (object stores make
+    /// writes durable themselves).
+    fn sync(&self, path: &str) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let file = root.join(path);
+        let io = |e: std::io::Error| self.io_err("sync", path, e);
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Deletes an object; deleting a missing object is not an error.
@@ -239,6 +294,25 @@ impl Store {
     /// A streaming writer for a large object. Nothing is visible at `path` until
     /// [`ObjectWriter::finish`]; dropping the writer unfinished aborts the upload.
     pub fn writer(&self, path: &str) -> Result<ObjectWriter> {
+        if let Some(root) = &self.local_root {
+            let target = root.join(path);
+            let dir = target
+                .parent()
+                .expect("object paths have a folder")
+                .to_owned();
+            std::fs::create_dir_all(&dir).map_err(|e| self.io_err("start writing", path, e))?;
+            let tmp = tempfile::Builder::new()
+                .prefix(".blindfold-upload-")
+                .tempfile_in(&dir)
+                .map_err(|e| self.io_err("start writing", path, e))?;
+            return Ok(ObjectWriter {
+                store: self.clone(),
+                path: path.to_owned(),
+                inner: None,
+                local: Some((std::io::BufWriter::with_capacity(1 << 20, tmp), target)),
+                written: 0,
+            });
+        }
         let p = ObjPath::from(path);
         let upload = self
             .rt
@@ -248,6 +322,7 @@ impl Store {
             store: self.clone(),
             path: path.to_owned(),
             inner: Some(WriteMultipart::new_with_chunk_size(upload, PART_SIZE)),
+            local: None,
             written: 0,
         })
     }
@@ -258,12 +333,24 @@ pub struct ObjectWriter {
     store: Store,
     path: String,
     inner: Option<WriteMultipart>,
+    /// Local folder: a temporary file beside the target, renamed on finish.
+    local: Option<(
+        std::io::BufWriter<tempfile::NamedTempFile>,
+        std::path::PathBuf,
+    )>,
     written: u64,
 }
 
 impl ObjectWriter {
     /// Appends bytes. Blocks while too many parts are in flight.
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        if let Some((tmp, _)) = &mut self.local {
+            use std::io::Write;
+            tmp.write_all(data)
+                .map_err(|e| self.store.io_err("write", &self.path, e))?;
+            self.written += data.len() as u64;
+            return Ok(());
+        }
         let w = self.inner.as_mut().expect("writer used after finish");
         {
             let _enter = self.store.rt.enter();
@@ -283,13 +370,31 @@ impl ObjectWriter {
 
     /// Completes the upload; the object appears at its path in one step.
     pub fn finish(mut self) -> Result<()> {
+        if let Some((w, target)) = self.local.take() {
+            let tmp = w
+                .into_inner()
+                .map_err(|e| self.store.io_err("write", &self.path, e.into_error()))?;
+            tmp.as_file()
+                .sync_all()
+                .map_err(|e| self.store.io_err("sync", &self.path, e))?;
+            tmp.persist(&target)
+                .map_err(|e| self.store.io_err("finish writing", &self.path, e.error))?;
+            if let Some(dir) = target.parent() {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| self.store.io_err("sync", &self.path, e))?;
+            }
+            return Ok(());
+        }
         let w = self.inner.take().expect("writer used after finish");
-        let _enter = self.store.rt.enter();
-        self.store
-            .rt
-            .block_on(w.finish())
-            .map(|_| ())
-            .map_err(|e| self.store.err("finish writing", &self.path, e))
+        {
+            let _enter = self.store.rt.enter();
+            self.store
+                .rt
+                .block_on(w.finish())
+                .map_err(|e| self.store.err("finish writing", &self.path, e))?;
+        }
+        self.store.sync(&self.path)
     }
 }
 
@@ -354,7 +459,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("x").to_str().unwrap(), true).unwrap();
         check(&store);
-        // Nothing but the finished objects is left in the folder.
+        // Nothing but the finished objects is left in the folder (aborted uploads and
+        // temporary files are gone).
         let mut left: Vec<_> = walk(dir.path());
         left.sort();
         assert_eq!(left, vec!["x/a/big".to_string()]);

@@ -27,8 +27,9 @@ pub struct NpyHeader {
 }
 
 fn descr_dtype(descr: &str) -> Option<DType> {
-    let (order, rest) = descr.split_at(1);
-    let d = match rest {
+    let mut chars = descr.chars();
+    let order = chars.next()?;
+    let d = match chars.as_str() {
         "u1" => DType::U8,
         "i1" => DType::I8,
         "u2" => DType::U16,
@@ -42,8 +43,8 @@ fn descr_dtype(descr: &str) -> Option<DType> {
         _ => return None,
     };
     match order {
-        "<" | "=" => Some(d),
-        "|" | ">" if d.size() == 1 => Some(d),
+        '<' | '=' => Some(d),
+        '|' | '>' if d.size() == 1 => Some(d),
         _ => None,
     }
 }
