@@ -1,1 +1,232 @@
-//! placeholder
+//! The trusted zone's client of the key broker: an ephemeral P-256 key made here, evidence
+//! from the platform binding that key and the broker's nonce, the KBS protocol
+//! (docs/broker-protocol.md), and the released dataset key decrypted in memory only.
+//!
+//! Nothing here writes to disk or logs key material.
+#![forbid(unsafe_code)]
+
+pub mod evidence;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use blindfold_protocol::errors::{ErrorBody, ErrorCode};
+use blindfold_protocol::jwe::TeeKeyPair;
+use blindfold_protocol::{Challenge, Release, Response, PROTOCOL_VERSION, SESSION_COOKIE};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+pub use evidence::EvidenceSource;
+
+/// Errors of the client, by who is at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker refused (policy, evidence, revocation, ...): the code says why.
+    #[error("the broker refused: {code:?}: {detail}")]
+    Denied {
+        /// Stable error code.
+        code: ErrorCode,
+        /// The broker's explanation.
+        detail: String,
+    },
+    /// The broker could not be reached, or spoke something else.
+    #[error("broker {url}: {what}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// What failed.
+        what: String,
+    },
+    /// The platform could not produce evidence.
+    #[error("evidence: {0}")]
+    Evidence(String),
+    /// The broker's reply does not decrypt or does not match the request: a broken or
+    /// impersonated broker.
+    #[error("the broker's reply is invalid: {0}")]
+    BadReply(String),
+}
+
+/// What the broker released, in memory only.
+pub struct Released {
+    /// Dataset id (hex).
+    pub dataset_id: String,
+    /// The dataset key.
+    pub key: Zeroizing<[u8; 32]>,
+    /// Manifest digest the owner registered.
+    pub manifest_sha256: [u8; 32],
+    /// Manifest version the owner registered.
+    pub version: u64,
+}
+
+impl std::fmt::Debug for Released {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Released({} v{}, key <redacted>)",
+            self.dataset_id, self.version
+        )
+    }
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Broker base URL (`https://host:port`; `http://` only for tests).
+    pub broker: String,
+    /// The broker's certificate (PEM) to trust, for a self-signed broker.
+    pub ca_cert_pem: Option<Vec<u8>>,
+    /// Job name, checked by the dataset's policy.
+    pub job: Option<String>,
+}
+
+async fn reply_error(url: &str, r: reqwest::Response) -> Error {
+    let status = r.status();
+    let text = r.text().await.unwrap_or_default();
+    match serde_json::from_str::<ErrorBody>(&text)
+        .ok()
+        .and_then(|b| ErrorCode::from_body(&b).map(|c| (c, b.detail)))
+    {
+        Some((code, detail)) => Error::Denied { code, detail },
+        None => Error::Transport {
+            url: url.into(),
+            what: format!(
+                "HTTP {status}: {}",
+                text.chars().take(200).collect::<String>()
+            ),
+        },
+    }
+}
+
+/// Runs auth → attest → resource for one dataset and returns the released key.
+pub fn fetch_key(
+    opts: &FetchOptions,
+    dataset_id: &str,
+    evidence: &EvidenceSource,
+) -> Result<Released, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Transport {
+            url: opts.broker.clone(),
+            what: e.to_string(),
+        })?;
+    let client = client(opts)?;
+    rt.block_on(fetch_key_async(&client, opts, dataset_id, evidence))
+}
+
+/// An HTTP client that trusts `opts.ca_cert_pem` (and only it, when given).
+pub fn client(opts: &FetchOptions) -> Result<reqwest::Client, Error> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(pem) = &opts.ca_cert_pem {
+        let c = reqwest::Certificate::from_pem(pem).map_err(|e| Error::Transport {
+            url: opts.broker.clone(),
+            what: format!("CA certificate: {e}"),
+        })?;
+        b = b.tls_certs_only([c]);
+    }
+    b.build().map_err(|e| Error::Transport {
+        url: opts.broker.clone(),
+        what: e.to_string(),
+    })
+}
+
+/// The flow on a caller's client (the benchmark shares one client across tasks).
+pub async fn fetch_key_async(
+    client: &reqwest::Client,
+    opts: &FetchOptions,
+    dataset_id: &str,
+    evidence: &EvidenceSource,
+) -> Result<Released, Error> {
+    let base = opts.broker.trim_end_matches('/');
+    let t = |url: &str, e: reqwest::Error| Error::Transport {
+        url: url.into(),
+        what: e.to_string(),
+    };
+    let url = format!("{base}/kbs/v0/auth");
+    let mut extra = json!({});
+    if let Some(j) = &opts.job {
+        extra["job"] = json!(j);
+    }
+    let r = client
+        .post(&url)
+        .json(&json!({"version": PROTOCOL_VERSION, "tee": evidence.tee(), "extra-params": extra}))
+        .send()
+        .await
+        .map_err(|e| t(&url, e))?;
+    if !r.status().is_success() {
+        return Err(reply_error(&url, r).await);
+    }
+    let cookie = r
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';')
+                .next()
+                .filter(|kv| kv.starts_with(&format!("{SESSION_COOKIE}=")))
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| Error::BadReply("no session cookie".into()))?;
+    let ch: Challenge = r.json().await.map_err(|e| t(&url, e))?;
+    let kp = TeeKeyPair::generate().map_err(|e| Error::Evidence(e.to_string()))?;
+    let pubkey = kp.public();
+    let binding = blindfold_protocol::report_data_binding(&ch.nonce, &pubkey, "")
+        .map_err(|e| Error::Evidence(e.to_string()))?;
+    let primary = evidence.evidence(&binding)?;
+    let url = format!("{base}/kbs/v0/attest");
+    let att = json!({
+        "init-data": null,
+        "runtime-data": {"nonce": ch.nonce, "tee-pubkey": pubkey},
+        "tee-evidence": {"primary_evidence": primary, "additional_evidence": ""},
+    });
+    let r = client
+        .post(&url)
+        .header(reqwest::header::COOKIE, &cookie)
+        .json(&att)
+        .send()
+        .await
+        .map_err(|e| t(&url, e))?;
+    if !r.status().is_success() {
+        return Err(reply_error(&url, r).await);
+    }
+    let url = format!("{base}{}", blindfold_protocol::resource_path(dataset_id));
+    let r = client
+        .get(&url)
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await
+        .map_err(|e| t(&url, e))?;
+    if !r.status().is_success() {
+        return Err(reply_error(&url, r).await);
+    }
+    let jwe: Response = r.json().await.map_err(|e| t(&url, e))?;
+    let plain = kp
+        .decrypt(&jwe)
+        .map_err(|e| Error::BadReply(e.to_string()))?;
+    let rel: Release =
+        serde_json::from_slice(&plain).map_err(|e| Error::BadReply(format!("release: {e}")))?;
+    if rel.dataset_id != dataset_id {
+        return Err(Error::BadReply(
+            "the key released is for another dataset".into(),
+        ));
+    }
+    let key = Zeroizing::new(
+        STANDARD
+            .decode(&rel.key)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .ok_or_else(|| Error::BadReply("key is not 32 bytes".into()))?,
+    );
+    let manifest_sha256 = hex::decode(&rel.manifest_sha256)
+        .ok()
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| Error::BadReply("manifest digest".into()))?;
+    Ok(Released {
+        dataset_id: rel.dataset_id.clone(),
+        key,
+        manifest_sha256,
+        version: rel.version,
+    })
+}

@@ -51,8 +51,29 @@ pub enum Rejection {
 
 /// A verifier of one TEE's evidence.
 pub trait Verifier: Send + Sync {
-    /// Verifies `evidence` and that its report data binds `expected`.
-    fn verify(&self, evidence: &Value, expected: &[u8; 48]) -> Result<Claims, Rejection>;
+    /// Verifies the evidence's signatures back to the vendor's root; returns its claims
+    /// and its report data, not yet compared with anything.
+    fn verify_signed(&self, evidence: &Value) -> Result<(Claims, Vec<u8>), Rejection>;
+
+    /// Verifies `evidence` and that its report data binds `expected` exactly: 48 bytes
+    /// for `sample`, else the 48-byte binding followed by 16 zero bytes.
+    fn verify(&self, evidence: &Value, expected: &[u8; 48]) -> Result<Claims, Rejection> {
+        let (claims, rd) = self.verify_signed(evidence)?;
+        if claims.insecure {
+            if rd.len() != 48 {
+                return Err(Rejection::ReportData(format!(
+                    "{} bytes, expected 48",
+                    rd.len()
+                )));
+            }
+            if rd[..] != expected[..] {
+                return Err(Rejection::ReportData("digest differs".into()));
+            }
+        } else {
+            check_report_data_64(&rd, expected)?;
+        }
+        Ok(claims)
+    }
 }
 
 /// The verifier for a TEE type, or why there is none.

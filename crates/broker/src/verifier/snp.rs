@@ -12,7 +12,7 @@ use sev::certs::snp::{builtin, ca, Certificate, Chain, Verifiable};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
 
-use super::{b64_field, check_report_data_64, Claims, Rejection, SnpTcb, Verifier};
+use super::{b64_field, Claims, Rejection, SnpTcb, Verifier};
 
 /// Verifier of SNP reports.
 pub struct SnpVerifier {
@@ -43,7 +43,7 @@ impl Default for SnpVerifier {
 }
 
 impl Verifier for SnpVerifier {
-    fn verify(&self, evidence: &Value, expected: &[u8; 48]) -> Result<Claims, Rejection> {
+    fn verify_signed(&self, evidence: &Value) -> Result<(Claims, Vec<u8>), Rejection> {
         let raw = b64_field(evidence, "report")?;
         let vcek_der = b64_field(evidence, "vcek")?;
         if raw.len() != 1184 {
@@ -68,9 +68,8 @@ impl Verifier for SnpVerifier {
                 "the report is not signed by a VCEK chaining to an AMD root".into(),
             ));
         }
-        check_report_data_64(&report.report_data, expected)?;
         let t = report.reported_tcb;
-        Ok(Claims {
+        let claims = Claims {
             tee: "snp".into(),
             measurement: Some(hex::encode(report.measurement)),
             snp_tcb: Some(SnpTcb {
@@ -82,6 +81,7 @@ impl Verifier for SnpVerifier {
             report_version: Some(report.version),
             tdx_status: None,
             insecure: false,
-        })
+        };
+        Ok((claims, report.report_data.to_vec()))
     }
 }

@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use super::{b64_field, check_report_data_64, Claims, Rejection, Verifier};
+use super::{b64_field, Claims, Rejection, Verifier};
 
 /// Verifier of TDX quotes.
 pub struct TdxVerifier {
@@ -35,7 +35,7 @@ impl Default for TdxVerifier {
 }
 
 impl Verifier for TdxVerifier {
-    fn verify(&self, evidence: &Value, expected: &[u8; 48]) -> Result<Claims, Rejection> {
+    fn verify_signed(&self, evidence: &Value) -> Result<(Claims, Vec<u8>), Rejection> {
         let quote = b64_field(evidence, "quote")?;
         let coll: dcap_qvl::QuoteCollateralV3 = serde_json::from_value(
             evidence
@@ -58,14 +58,14 @@ impl Verifier for TdxVerifier {
         } else {
             return Err(Rejection::Evidence("not a TDX quote".into()));
         };
-        check_report_data_64(&report_data, expected)?;
-        Ok(Claims {
+        let claims = Claims {
             tee: "tdx".into(),
             measurement: Some(hex::encode(mr_td)),
             snp_tcb: None,
             report_version: None,
             tdx_status: Some(v.status),
             insecure: false,
-        })
+        };
+        Ok((claims, report_data.to_vec()))
     }
 }

@@ -1,0 +1,365 @@
+//! The broker's state in SQLite (WAL, `synchronous=FULL`): registered datasets with
+//! their wrapped keys, policies and release counts, and the hash-chained audit log.
+//!
+//! One writer thread owns the write connection. Requests queue to it; it applies every
+//! queued request in one transaction (each in its own savepoint), commits, and only then
+//! answers them: a decision and its audit entry are durable before any reply is sent,
+//! and concurrent clients share one fsync (group commit).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::audit::{self, Entry};
+use crate::policy::Policy;
+use crate::verifier::Claims;
+
+/// A registered dataset as stored.
+#[derive(Debug, Clone)]
+pub struct DatasetRow {
+    /// Dataset id (hex).
+    pub id: String,
+    /// Nonce of the wrapped key.
+    pub nonce: Vec<u8>,
+    /// The key wrapped under the broker's master key.
+    pub wrapped_key: Vec<u8>,
+    /// Registered manifest digest (hex).
+    pub manifest_sha256: String,
+    /// Registered manifest version.
+    pub version: u64,
+    /// Policy text (TOML).
+    pub policy: String,
+    /// Releases so far.
+    pub releases: u64,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// Why a release was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// No such dataset.
+    Unknown,
+    /// Revoked by the owner.
+    Revoked,
+    /// The policy refused (reason).
+    Policy(String),
+}
+
+/// A storage failure (our bug or a broken disk).
+#[derive(Debug, thiserror::Error)]
+#[error("broker database: {0}")]
+pub struct DbError(pub String);
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        DbError(e.to_string())
+    }
+}
+
+type Reply<T> = mpsc::SyncSender<Result<T, DbError>>;
+/// Answers one request once its transaction committed (or failed to).
+type Deferred = Box<dyn FnOnce(Option<&DbError>)>;
+
+enum Op {
+    Register {
+        row: DatasetRow,
+        entry: Entry,
+        reply: Reply<Result<(), String>>,
+    },
+    Revoke {
+        id: String,
+        entry: Entry,
+        reply: Reply<bool>,
+    },
+    Release {
+        id: String,
+        claims: Claims,
+        job: Option<String>,
+        now: u64,
+        entry: Entry,
+        reply: Reply<Result<DatasetRow, Denial>>,
+    },
+    Audit {
+        entry: Entry,
+        reply: Reply<()>,
+    },
+}
+
+/// Handle to the writer thread; cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    tx: mpsc::Sender<Op>,
+    path: PathBuf,
+}
+
+fn open(path: &Path) -> Result<Connection, DbError> {
+    let c = Connection::open(path)?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.busy_timeout(std::time::Duration::from_secs(5))?;
+    c.execute_batch(
+        "CREATE TABLE IF NOT EXISTS datasets(
+            id TEXT PRIMARY KEY, nonce BLOB NOT NULL, wrapped_key BLOB NOT NULL,
+            manifest_sha256 TEXT NOT NULL, version INTEGER NOT NULL, policy TEXT NOT NULL,
+            releases INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0);
+         CREATE TABLE IF NOT EXISTS audit(
+            seq INTEGER PRIMARY KEY, entry TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);",
+    )?;
+    Ok(c)
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRow> {
+    Ok(DatasetRow {
+        id: r.get(0)?,
+        nonce: r.get(1)?,
+        wrapped_key: r.get(2)?,
+        manifest_sha256: r.get(3)?,
+        version: r.get::<_, i64>(4)? as u64,
+        policy: r.get(5)?,
+        releases: r.get::<_, i64>(6)? as u64,
+        revoked: r.get::<_, i64>(7)? != 0,
+    })
+}
+
+const SELECT: &str = "SELECT id, nonce, wrapped_key, manifest_sha256, version, policy, releases, revoked FROM datasets";
+
+impl Db {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let mut conn = open(path)?;
+        let (tx, rx) = mpsc::channel::<Op>();
+        let mut head = audit::head(&conn)?;
+        std::thread::Builder::new()
+            .name("blindfold-broker-db".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut ops = vec![first];
+                    while ops.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(op) => ops.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    let saved_head = head.clone();
+                    let mut replies: Vec<Deferred> = vec![];
+                    let result = (|| -> Result<(), DbError> {
+                        let txn = conn.transaction()?;
+                        for op in ops {
+                            replies.push(apply(&txn, op, &mut head));
+                        }
+                        txn.commit()?;
+                        Ok(())
+                    })();
+                    if result.is_err() {
+                        head = saved_head;
+                    }
+                    let err = result.err();
+                    for r in replies {
+                        r(err.as_ref());
+                    }
+                }
+            })
+            .map_err(|e| DbError(e.to_string()))?;
+        Ok(Db {
+            tx,
+            path: path.to_owned(),
+        })
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, DbError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.tx
+            .send(make(tx))
+            .map_err(|_| DbError("writer thread stopped".into()))?;
+        rx.recv()
+            .map_err(|_| DbError("writer thread stopped".into()))?
+    }
+
+    /// Registers (or re-registers with a version at least as high) a dataset.
+    pub fn register(&self, row: DatasetRow, entry: Entry) -> Result<Result<(), String>, DbError> {
+        self.call(|reply| Op::Register { row, entry, reply })
+    }
+
+    /// Revokes a dataset; false if unknown.
+    pub fn revoke(&self, id: String, entry: Entry) -> Result<bool, DbError> {
+        self.call(|reply| Op::Revoke { id, entry, reply })
+    }
+
+    /// Decides a release: revocation, policy, count; appends `entry` completed with the
+    /// outcome. On grant the count is incremented in the same transaction.
+    pub fn release(
+        &self,
+        id: String,
+        claims: Claims,
+        job: Option<String>,
+        now: u64,
+        entry: Entry,
+    ) -> Result<Result<DatasetRow, Denial>, DbError> {
+        self.call(|reply| Op::Release {
+            id,
+            claims,
+            job,
+            now,
+            entry,
+            reply,
+        })
+    }
+
+    /// Appends an audit entry.
+    pub fn audit(&self, entry: Entry) -> Result<(), DbError> {
+        self.call(|reply| Op::Audit { entry, reply })
+    }
+
+    /// A read-only connection (WAL readers do not block the writer).
+    pub fn reader(&self) -> Result<Connection, DbError> {
+        open(&self.path)
+    }
+
+    /// Every registered dataset.
+    pub fn datasets(&self) -> Result<Vec<DatasetRow>, DbError> {
+        let c = self.reader()?;
+        let mut st = c.prepare(SELECT)?;
+        let rows = st.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}
+
+fn reply_after_commit<T: 'static>(reply: Reply<T>, value: Result<T, DbError>) -> Deferred {
+    Box::new(move |commit_err| {
+        let v = match commit_err {
+            Some(e) => Err(DbError(format!("commit failed: {e}"))),
+            None => value,
+        };
+        let _ = reply.send(v);
+    })
+}
+
+fn apply(txn: &rusqlite::Transaction<'_>, op: Op, head: &mut audit::Head) -> Deferred {
+    match op {
+        Op::Register {
+            row: r,
+            entry,
+            reply,
+        } => {
+            let res = with_savepoint(txn, head, |sp, head| {
+                let old: Option<u64> = sp
+                    .query_row("SELECT version FROM datasets WHERE id = ?1", [&r.id], |x| {
+                        x.get::<_, i64>(0)
+                    })
+                    .optional()?
+                    .map(|v| v as u64);
+                if old.is_some_and(|v| v > r.version) {
+                    let reason = format!(
+                        "registered version {} is newer than {}",
+                        old.unwrap_or(0),
+                        r.version
+                    );
+                    audit::append(sp, head, entry.outcome("denied", &reason))?;
+                    return Ok(Err(reason));
+                }
+                sp.execute(
+                    "INSERT INTO datasets(id, nonce, wrapped_key, manifest_sha256, version, policy, releases, revoked)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0)
+                     ON CONFLICT(id) DO UPDATE SET nonce = ?2, wrapped_key = ?3, manifest_sha256 = ?4,
+                       version = ?5, policy = ?6, revoked = 0",
+                    params![r.id, r.nonce, r.wrapped_key, r.manifest_sha256, r.version as i64, r.policy],
+                )?;
+                audit::append(sp, head, entry.outcome("granted", "registered"))?;
+                Ok(Ok(()))
+            });
+            reply_after_commit(reply, res)
+        }
+        Op::Revoke { id, entry, reply } => {
+            let res = with_savepoint(txn, head, |sp, head| {
+                let n = sp.execute("UPDATE datasets SET revoked = 1 WHERE id = ?1", [&id])?;
+                audit::append(
+                    sp,
+                    head,
+                    entry.outcome(
+                        if n > 0 { "granted" } else { "denied" },
+                        if n > 0 { "revoked" } else { "unknown dataset" },
+                    ),
+                )?;
+                Ok(n > 0)
+            });
+            reply_after_commit(reply, res)
+        }
+        Op::Release {
+            id,
+            claims,
+            job,
+            now,
+            entry,
+            reply,
+        } => {
+            let res = with_savepoint(txn, head, |sp, head| {
+                let r = sp
+                    .query_row(&format!("{SELECT} WHERE id = ?1"), [&id], row)
+                    .optional()?;
+                let decision = match &r {
+                    None => Err(Denial::Unknown),
+                    Some(r) if r.revoked => Err(Denial::Revoked),
+                    Some(r) => match Policy::parse(&r.policy) {
+                        Err(e) => Err(Denial::Policy(format!("stored policy unreadable: {e}"))),
+                        Ok(p) => p
+                            .evaluate(&claims, job.as_deref(), now, r.releases)
+                            .map_err(Denial::Policy),
+                    },
+                };
+                match (decision, r) {
+                    (Ok(()), Some(mut r)) => {
+                        sp.execute(
+                            "UPDATE datasets SET releases = releases + 1 WHERE id = ?1",
+                            [&id],
+                        )?;
+                        r.releases += 1;
+                        let reason = if claims.insecure {
+                            "released (insecure_sample: no hardware root of trust)"
+                        } else {
+                            "released"
+                        };
+                        audit::append(sp, head, entry.outcome("granted", reason))?;
+                        Ok(Ok(r))
+                    }
+                    (Err(d), _) => {
+                        let reason = match &d {
+                            Denial::Unknown => "unknown dataset".to_string(),
+                            Denial::Revoked => "revoked".to_string(),
+                            Denial::Policy(p) => p.clone(),
+                        };
+                        audit::append(sp, head, entry.outcome("denied", &reason))?;
+                        Ok(Err(d))
+                    }
+                    (Ok(()), None) => unreachable!("a grant needs a row"),
+                }
+            });
+            reply_after_commit(reply, res)
+        }
+        Op::Audit { entry, reply } => {
+            let res = with_savepoint(txn, head, |sp, head| audit::append(sp, head, entry));
+            reply_after_commit(reply, res)
+        }
+    }
+}
+
+fn with_savepoint<T>(
+    txn: &rusqlite::Transaction<'_>,
+    head: &mut audit::Head,
+    f: impl FnOnce(&rusqlite::Connection, &mut audit::Head) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    txn.execute_batch("SAVEPOINT op")?;
+    let before = head.clone();
+    match f(txn, head) {
+        Ok(v) => {
+            txn.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            *head = before;
+            txn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
