@@ -3,6 +3,8 @@
 //! This binary only parses arguments, draws progress and wires the crates together.
 #![forbid(unsafe_code)]
 
+mod bench_broker;
+mod broker;
 mod demo;
 mod progress;
 
@@ -91,6 +93,13 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Check every shard, chunk and the manifest with the dataset key; write nothing.
     Verify(VerifyArgs),
+    /// The key broker: run it, register datasets, read its audit log, fetch a key.
+    ///
+    /// The broker runs on the owner's premises and releases a dataset's key only to a
+    /// job that proves by remote attestation (SEV-SNP, TDX) that it runs the expected
+    /// code, under the owner's per-dataset policy. Protocol: docs/broker-protocol.md.
+    #[command(subcommand)]
+    Broker(broker::BrokerCmd),
     /// Measure throughput next to the machine's limits.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -193,6 +202,18 @@ struct VerifyArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Start a broker on loopback and run N concurrent clients through auth -> attest ->
+    /// resource (sample evidence) for S seconds; then repeat while killing the broker
+    /// with SIGKILL half-way, restart it, and check the audit log against the releases
+    /// clients saw. The last line is JSON.
+    Broker {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds of load per phase.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Seal and open a random raw file; print throughput next to raw AES-256-GCM, a plain
     /// copy and the age CLI, all measured in this run. The last line is JSON.
     Seal {
@@ -376,6 +397,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 r.records
             );
         }
+        Cmd::Bench(BenchCmd::Broker { clients, seconds }) => {
+            let v = bench_broker::run(clients.max(1), seconds.max(1.0), &mut |l| eprintln!("{l}"))?;
+            println!("{v}");
+        }
         Cmd::Bench(BenchCmd::Seal {
             size_mib,
             dir,
@@ -405,6 +430,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             );
         }
         Cmd::Demo(a) => demo::run(&a.workdir, &a.data, &bars)?,
+        Cmd::Broker(b) => broker::run(b, || open_keystore(g))?,
     }
     Ok(())
 }

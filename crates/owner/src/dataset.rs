@@ -132,6 +132,17 @@ impl SealedDataset {
         &self.key
     }
 
+    /// What the owner hands the key broker at registration: the key, and the manifest
+    /// digest and version the trainer must see (rollback protection).
+    pub fn broker_registration(&self) -> (String, zeroize::Zeroizing<[u8; 32]>, [u8; 32], u64) {
+        (
+            self.manifest.dataset_id.to_hex(),
+            zeroize::Zeroizing::new(*self.key.expose_secret()),
+            self.manifest_sha256,
+            self.manifest.version,
+        )
+    }
+
     /// The store.
     pub fn store(&self) -> &Store {
         &self.store

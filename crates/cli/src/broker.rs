@@ -1,0 +1,331 @@
+//! `blindfold broker ...`: run the key broker, register datasets with it, read its audit
+//! log, and fetch a key the way a training job does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use blindfold_attest::{EvidenceSource, FetchOptions};
+use blindfold_broker::{BrokerDir, Registration, Settings};
+use blindfold_owner::Error;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+#[derive(Subcommand)]
+pub enum BrokerCmd {
+    /// Create a broker folder: master key, token-signing key, admin token (printed once and
+    /// kept in DIR/admin.token, 0600), and a self-signed TLS certificate (DIR/tls-cert.pem,
+    /// to give to clients) for localhost, 127.0.0.1 and every --san.
+    Init {
+        /// The broker's folder.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Extra DNS names or IP addresses for the TLS certificate.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+    },
+    /// Serve the KBS attestation endpoints and the admin API over HTTPS.
+    Serve {
+        /// The broker's folder (from `broker init`).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443", value_name = "ADDR")]
+        listen: String,
+        /// SQLite database (default DIR/broker.db).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Serve plain HTTP: anyone on the network path sees the admin token. Tests only.
+        #[arg(long)]
+        insecure_http: bool,
+        /// Requests per second allowed per client address.
+        #[arg(long, default_value_t = 5000.0)]
+        rate_limit: f64,
+    },
+    /// Register a sealed dataset (owner side): sends its key, manifest digest and version,
+    /// and the policy to the broker's admin API.
+    Register {
+        /// The sealed dataset.
+        dest: String,
+        /// The policy (TOML; see docs/broker-protocol.md §4).
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop all further releases of a dataset at once.
+    Revoke {
+        /// Dataset id (hex).
+        dataset: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print the audit log (on the broker's host); with --verify, check its hash chain.
+    Audit {
+        /// The broker's folder.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// SQLite database (default DIR/broker.db).
+        #[arg(long, value_name = "FILE")]
+        db: Option<PathBuf>,
+        /// Check the chain; exit 4 if any entry was edited, inserted or deleted.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Fetch a dataset key as a training job does (attest, then receive the key encrypted
+    /// to an ephemeral key). Prints what was released, never the key.
+    FetchKey(FetchArgs),
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// Broker URL.
+    #[arg(long, default_value = "https://127.0.0.1:8443", value_name = "URL")]
+    broker: String,
+    /// The broker's folder, for its admin token and certificate (when on this machine).
+    #[arg(long, value_name = "DIR")]
+    broker_dir: Option<PathBuf>,
+    /// Admin token file (default BROKER_DIR/admin.token).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// The broker's TLS certificate (default BROKER_DIR/tls-cert.pem).
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// Broker URL.
+    #[arg(long, default_value = "https://127.0.0.1:8443", value_name = "URL")]
+    broker: String,
+    /// Dataset id (hex).
+    #[arg(long, value_name = "ID")]
+    dataset: String,
+    /// Evidence: `tsm` (SEV-SNP or TDX guest, via configfs-tsm) or `sample` (no hardware
+    /// root of trust; only policies that name it accept it).
+    #[arg(long, default_value = "tsm", value_parser = ["tsm", "sample"])]
+    tee: String,
+    /// Measurement to declare with `--tee sample`.
+    #[arg(long, value_name = "HEX")]
+    measurement: Option<String>,
+    /// Job name, checked by the policy.
+    #[arg(long, value_name = "NAME")]
+    job: Option<String>,
+    /// The broker's TLS certificate to trust.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+}
+
+fn read(p: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(p).map_err(|e| Error::BadInput(format!("{}: {e}", p.display())))
+}
+
+fn admin_parts(a: &AdminArgs) -> Result<(String, Option<Vec<u8>>), Error> {
+    let tok_file = a.admin_token_file.clone().or_else(|| {
+        a.broker_dir
+            .as_ref()
+            .map(|d| BrokerDir(d.clone()).admin_token())
+    });
+    let tok_file = tok_file.ok_or_else(|| {
+        Error::BadInput("the admin API needs --broker-dir or --admin-token-file".into())
+    })?;
+    let token = String::from_utf8(read(&tok_file)?)
+        .map_err(|_| Error::BadInput("admin token is not text".into()))?
+        .trim()
+        .to_owned();
+    let ca = match a
+        .ca_cert
+        .clone()
+        .or_else(|| a.broker_dir.as_ref().map(|d| BrokerDir(d.clone()).cert()))
+    {
+        Some(p) if a.broker.starts_with("https://") => Some(read(&p)?),
+        _ => None,
+    };
+    Ok((token, ca))
+}
+
+fn admin_call(a: &AdminArgs, path: &str, body: &Value) -> Result<Value, Error> {
+    let (token, ca) = admin_parts(a)?;
+    let opts = FetchOptions {
+        broker: a.broker.clone(),
+        ca_cert_pem: ca,
+        job: None,
+    };
+    let client = blindfold_attest::client(&opts).map_err(|e| Error::BadInput(e.to_string()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Bug(e.to_string()))?;
+    let url = format!("{}{path}", a.broker.trim_end_matches('/'));
+    rt.block_on(async {
+        let r = client
+            .post(&url)
+            .bearer_auth(&token)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| Error::BadInput(format!("{url}: {e}")))?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            return Err(Error::BadInput(format!(
+                "{url}: HTTP {status}: {}",
+                v["detail"].as_str().unwrap_or("")
+            )));
+        }
+        Ok(v)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Bug(e.to_string()))
+}
+
+pub fn run(
+    cmd: BrokerCmd,
+    keystore: impl FnOnce() -> Result<blindfold_owner::KeyStore, Error>,
+) -> Result<(), Error> {
+    match cmd {
+        BrokerCmd::Init { dir, sans } => {
+            let token = blindfold_broker::init(&dir, &sans).map_err(Error::BadInput)?;
+            println!("created broker folder {}", dir.display());
+            println!(
+                "admin token (also in {}): {token}",
+                BrokerDir(dir.clone()).admin_token().display()
+            );
+            println!(
+                "TLS certificate for clients: {}",
+                BrokerDir(dir).cert().display()
+            );
+        }
+        BrokerCmd::Serve {
+            dir,
+            listen,
+            db,
+            insecure_http,
+            rate_limit,
+        } => {
+            let settings = Settings {
+                rate_limit,
+                ..Settings::default()
+            };
+            let state =
+                blindfold_broker::load(&dir, db.as_deref(), settings).map_err(Error::BadInput)?;
+            let l = std::net::TcpListener::bind(&listen)
+                .map_err(|e| Error::BadInput(format!("listen on {listen}: {e}")))?;
+            if insecure_http {
+                eprintln!("WARNING: --insecure-http: the admin token and all traffic cross the network in the clear");
+            }
+            eprintln!(
+                "broker listening on {}://{}",
+                if insecure_http { "http" } else { "https" },
+                l.local_addr().map_err(|e| Error::Bug(e.to_string()))?
+            );
+            let d = BrokerDir(dir);
+            runtime()?
+                .block_on(blindfold_broker::serve(
+                    state,
+                    l,
+                    (!insecure_http).then_some(&d),
+                ))
+                .map_err(Error::BadInput)?;
+        }
+        BrokerCmd::Register {
+            dest,
+            policy,
+            admin,
+        } => {
+            let text = String::from_utf8(read(&policy)?)
+                .map_err(|_| Error::BadInput("policy is not UTF-8".into()))?;
+            let p = blindfold_broker::policy::Policy::parse(&text).map_err(Error::BadInput)?;
+            let ks = keystore()?;
+            let ds = blindfold_owner::SealedDataset::open(
+                &ks,
+                blindfold_store::Store::open(&dest, false)?,
+            )?;
+            let (id, key, digest, version) = ds.broker_registration();
+            let reg = Registration {
+                dataset_id: id.clone(),
+                key: STANDARD.encode(&key[..]),
+                manifest_sha256: hex::encode(digest),
+                version,
+                policy: text,
+            };
+            let body = serde_json::to_value(&reg).map_err(|e| Error::Bug(e.to_string()))?;
+            admin_call(&admin, "/admin/v0/datasets", &body)?;
+            if p.allows_sample() {
+                eprintln!("note: this policy accepts the `sample` TEE, which proves nothing about the job; every such release is marked in the audit log");
+            }
+            println!(
+                "registered dataset {id} version {version} with {}",
+                admin.broker
+            );
+        }
+        BrokerCmd::Revoke { dataset, admin } => {
+            admin_call(
+                &admin,
+                &format!("/admin/v0/datasets/{dataset}/revoke"),
+                &Value::Null,
+            )?;
+            println!("revoked {dataset}");
+        }
+        BrokerCmd::Audit { dir, db, verify } => {
+            let path = db.unwrap_or_else(|| BrokerDir(dir).db());
+            if !path.exists() {
+                return Err(Error::BadInput(format!(
+                    "{}: no broker database",
+                    path.display()
+                )));
+            }
+            let c = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| Error::BadInput(e.to_string()))?;
+            let entries =
+                blindfold_broker::audit::entries(&c).map_err(|e| Error::BadInput(e.to_string()))?;
+            for e in &entries {
+                println!(
+                    "{}",
+                    serde_json::to_string(e).map_err(|e| Error::Bug(e.to_string()))?
+                );
+            }
+            if verify {
+                match blindfold_broker::audit::verify(&c).map_err(|e| Error::BadInput(e.to_string()))? {
+                    Ok(h) => eprintln!("audit chain intact: {} entries, head {} (keep this head elsewhere to detect a deleted tail)", h.seq, hex::encode(h.hash)),
+                    Err((seq, why)) => {
+                        return Err(Error::Integrity {
+                            at: path.display().to_string(),
+                            source: blindfold_format::Error::Tampered { object: blindfold_format::Object::Unnamed, what: format!("audit entry {seq}: {why}") },
+                        })
+                    }
+                }
+            }
+        }
+        BrokerCmd::FetchKey(a) => {
+            let ev = match a.tee.as_str() {
+                "sample" => EvidenceSource::InsecureSample {
+                    measurement: a.measurement.clone(),
+                },
+                _ => EvidenceSource::detect(Path::new(blindfold_attest::evidence::TSM_ROOT))
+                    .map_err(|e| Error::BadInput(e.to_string()))?,
+            };
+            let ca = a.ca_cert.as_deref().map(read).transpose()?;
+            let opts = FetchOptions {
+                broker: a.broker.clone(),
+                ca_cert_pem: ca,
+                job: a.job.clone(),
+            };
+            let r = blindfold_attest::fetch_key(&opts, &a.dataset, &ev)
+                .map_err(|e| Error::BadInput(e.to_string()))?;
+            println!("released: dataset {} version {} manifest sha256 {} (key: 32 bytes, held in memory only)", r.dataset_id, r.version, hex::encode(r.manifest_sha256));
+        }
+    }
+    let _ = Duration::from_secs(0);
+    Ok(())
+}
