@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod db;
+pub mod fuzz;
 pub mod policy;
 pub mod server;
 pub mod verifier;

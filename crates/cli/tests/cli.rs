@@ -241,3 +241,114 @@ fn demo_on_fashion_mnist() {
     e.run(&["demo", "--workdir", "mine"], 3);
     assert!(e.path().join("mine/keep").exists());
 }
+
+/// The broker commands end to end over TLS: init, serve, register, fetch-key (granted,
+/// then denied by the policy), revoke, audit --verify, and a tampered audit log.
+#[test]
+fn broker_commands_over_tls() {
+    let e = Env::new();
+    idx_input(e.path());
+    e.run(&["keys", "init"], 0);
+    let id = e.run(&["seal", "fm", "--out", "sealed"], 0);
+    let id = id.lines().nth(2).unwrap().trim().to_owned();
+    let out = e.run(&["broker", "init", "--dir", "brk"], 0);
+    assert!(out.contains("admin token"), "{out}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("blindfold"))
+        .current_dir(e.path())
+        .args([
+            "broker",
+            "serve",
+            "--dir",
+            "brk",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed().as_secs() < 20, "broker did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    fs::write(
+        e.path().join("policy.toml"),
+        "tee = [\"sample\"]\njobs = [\"cnn\"]\n",
+    )
+    .unwrap();
+    let out = e.run(
+        &[
+            "broker",
+            "register",
+            "sealed",
+            "--policy",
+            "policy.toml",
+            "--broker",
+            &url,
+            "--broker-dir",
+            "brk",
+        ],
+        0,
+    );
+    assert!(
+        out.contains(&format!("registered dataset {id} version 1")),
+        "{out}"
+    );
+    let fetch = |job: &str, code: i32| {
+        e.run(
+            &[
+                "broker",
+                "fetch-key",
+                "--broker",
+                &url,
+                "--dataset",
+                &id,
+                "--tee",
+                "sample",
+                "--job",
+                job,
+                "--ca-cert",
+                "brk/tls-cert.pem",
+            ],
+            code,
+        )
+    };
+    let out = fetch("cnn", 0);
+    assert!(
+        out.contains("released: dataset") && !out.to_lowercase().contains("key: \""),
+        "{out}"
+    );
+    let out = fetch("mlp", 3);
+    assert!(out.contains("PolicyDenied") && out.contains("job"), "{out}");
+    e.run(
+        &[
+            "broker",
+            "revoke",
+            &id,
+            "--broker",
+            &url,
+            "--broker-dir",
+            "brk",
+        ],
+        0,
+    );
+    assert!(fetch("cnn", 3).contains("Revoked"));
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 0);
+    assert!(out.contains("audit chain intact: 8 entries"), "{out}");
+    let c = rusqlite::Connection::open(e.path().join("brk/broker.db")).unwrap();
+    c.execute(
+        "UPDATE audit SET entry = replace(entry, '\"denied\"', '\"granted\"') WHERE seq = 5",
+        [],
+    )
+    .unwrap();
+    let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 4);
+    assert!(out.contains("audit entry 5"), "{out}");
+}
