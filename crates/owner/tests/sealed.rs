@@ -20,6 +20,28 @@ fn verify(ks: &KeyStore, dest: &std::path::Path) -> Result<(), Error> {
     open(ks, dest)?.verify(&NoProgress).map(|_| ())
 }
 
+/// A key store and a small two-split IDX dataset sealed into `<tmp>/sealed` with small
+/// shards and chunks. Returns (tempdir, key store, IDX folder, sealed folder).
+fn sealed_fixture() -> (
+    tempfile::TempDir,
+    KeyStore,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let t = tempfile::tempdir().unwrap();
+    let ks = keystore(t.path());
+    let src = idx_folder(t.path());
+    let dest = t.path().join("sealed");
+    seal_path(
+        &ks,
+        &src,
+        Format::Idx,
+        dest.to_str().unwrap(),
+        &small_opts(),
+    );
+    (t, ks, src, dest)
+}
+
 #[test]
 fn idx_round_trip_is_byte_identical_and_randomly_accessible() {
     let t = tempfile::tempdir().unwrap();
@@ -87,17 +109,7 @@ fn idx_round_trip_is_byte_identical_and_randomly_accessible() {
 
 #[test]
 fn every_flipped_byte_of_a_sealed_dataset_is_detected() {
-    let t = tempfile::tempdir().unwrap();
-    let ks = keystore(t.path());
-    let src = idx_folder(t.path());
-    let dest = t.path().join("sealed");
-    seal_path(
-        &ks,
-        &src,
-        Format::Idx,
-        dest.to_str().unwrap(),
-        &small_opts(),
-    );
+    let (t, ks, src, dest) = sealed_fixture();
     verify(&ks, &dest).unwrap();
     let objects = files(&dest);
     assert!(objects.len() >= 5, "{objects:?}");
@@ -250,17 +262,7 @@ fn a_dataset_from_another_owner_or_location_is_refused() {
 
 #[test]
 fn open_writes_nothing_on_failure_and_never_overwrites() {
-    let t = tempfile::tempdir().unwrap();
-    let ks = keystore(t.path());
-    let src = idx_folder(t.path());
-    let dest = t.path().join("sealed");
-    seal_path(
-        &ks,
-        &src,
-        Format::Idx,
-        dest.to_str().unwrap(),
-        &small_opts(),
-    );
+    let (t, ks, src, dest) = sealed_fixture();
     let m = open(&ks, &dest).unwrap().manifest().clone();
     // Tamper with the very last shard: everything before it decrypts fine.
     let last = m.splits.last().unwrap().shards.last().unwrap();

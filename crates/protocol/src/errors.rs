@@ -38,6 +38,30 @@ pub struct ErrorBody {
 const PREFIX: &str = "https://github.com/confidential-containers/kbs/errors/";
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: [ErrorCode; 17] = {
+        use ErrorCode::*;
+        [
+            MalformedRequest,
+            ProtocolVersion,
+            UnsupportedTee,
+            UnsupportedTeeKey,
+            TokenNotFound,
+            SessionExpired,
+            NonceReplayed,
+            EvidenceRejected,
+            ReportDataMismatch,
+            PolicyDenied,
+            Revoked,
+            Unauthorized,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            TooManyRequests,
+            Internal,
+        ]
+    };
+
     /// The HTTP status.
     pub fn status(self) -> u16 {
         use ErrorCode::*;
@@ -53,7 +77,7 @@ impl ErrorCode {
         }
     }
 
-    /// The code's name.
+    /// The code's name (as in the error type URL).
     pub fn name(self) -> &'static str {
         use ErrorCode::*;
         match self {
@@ -87,28 +111,20 @@ impl ErrorCode {
 
     /// The code named in an error body, if it is one of ours.
     pub fn from_body(b: &ErrorBody) -> Option<ErrorCode> {
-        use ErrorCode::*;
         let name = b.error_type.strip_prefix(PREFIX)?;
-        [
-            MalformedRequest,
-            ProtocolVersion,
-            UnsupportedTee,
-            UnsupportedTeeKey,
-            TokenNotFound,
-            SessionExpired,
-            NonceReplayed,
-            EvidenceRejected,
-            ReportDataMismatch,
-            PolicyDenied,
-            Revoked,
-            Unauthorized,
-            NotFound,
-            Conflict,
-            PayloadTooLarge,
-            TooManyRequests,
-            Internal,
-        ]
-        .into_iter()
-        .find(|c| c.name() == name)
+        ErrorCode::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_body() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_body(&c.body("x")), Some(c));
+            assert!((400..600).contains(&c.status()));
+        }
     }
 }
