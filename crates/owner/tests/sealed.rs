@@ -109,7 +109,7 @@ fn idx_round_trip_is_byte_identical_and_randomly_accessible() {
 
 #[test]
 fn every_flipped_byte_of_a_sealed_dataset_is_detected() {
-    let (t, ks, src, dest) = sealed_fixture();
+    let (_t, ks, _src, dest) = sealed_fixture();
     verify(&ks, &dest).unwrap();
     let objects = files(&dest);
     assert!(objects.len() >= 5, "{objects:?}");
@@ -262,7 +262,7 @@ fn a_dataset_from_another_owner_or_location_is_refused() {
 
 #[test]
 fn open_writes_nothing_on_failure_and_never_overwrites() {
-    let (t, ks, src, dest) = sealed_fixture();
+    let (t, ks, _src, dest) = sealed_fixture();
     let m = open(&ks, &dest).unwrap().manifest().clone();
     // Tamper with the very last shard: everything before it decrypts fine.
     let last = m.splits.last().unwrap().shards.last().unwrap();
