@@ -185,6 +185,10 @@ pub fn seal(
         });
     }
     buf.zeroize();
+    // Every shard reaches the disk before the manifest that publishes it is written.
+    for p in &cleanup.paths {
+        dest.sync(p)?;
+    }
     let meta = serde_json::to_vec(&import.metadata).map_err(|e| Error::Bug(e.to_string()))?;
     let (manifest, bytes) = Manifest::seal(&key, id, suite, version, schema, rpc, splits, &meta)
         .map_err(|e| Error::BadInput(e.to_string()))?;

@@ -250,8 +250,8 @@ impl Store {
     }
 
     /// On a local folder, flushes an object and its folder to disk (object stores make
-    /// writes durable themselves).
-    fn sync(&self, path: &str) -> Result<()> {
+    /// writes durable themselves; there this does nothing).
+    pub fn sync(&self, path: &str) -> Result<()> {
         let Some(root) = &self.local_root else {
             return Ok(());
         };
@@ -368,22 +368,16 @@ impl ObjectWriter {
         self.written
     }
 
-    /// Completes the upload; the object appears at its path in one step.
+    /// Completes the upload; the object appears at its path in one step. On a local
+    /// folder it is not yet durable: call [`Store::sync`] before publishing anything that
+    /// refers to it (deferring the flush lets several objects be written back at once).
     pub fn finish(mut self) -> Result<()> {
         if let Some((w, target)) = self.local.take() {
             let tmp = w
                 .into_inner()
                 .map_err(|e| self.store.io_err("write", &self.path, e.into_error()))?;
-            tmp.as_file()
-                .sync_all()
-                .map_err(|e| self.store.io_err("sync", &self.path, e))?;
             tmp.persist(&target)
                 .map_err(|e| self.store.io_err("finish writing", &self.path, e.error))?;
-            if let Some(dir) = target.parent() {
-                std::fs::File::open(dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| self.store.io_err("sync", &self.path, e))?;
-            }
             return Ok(());
         }
         let w = self.inner.take().expect("writer used after finish");
