@@ -148,7 +148,106 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
     let v = ds.verify(bars)?;
     let verify_s = t.elapsed().as_secs_f64();
 
-    eprintln!("5. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
+    eprintln!("5. owner: start a local key broker (TLS on loopback) and register the dataset");
+    eprintln!("   policy: tee = [\"sample\"], job \"demo\" -- the sample TEE proves NOTHING about the job;");
+    eprintln!("   a real deployment names snp/tdx and the expected measurements instead");
+    let broker_dir = workdir.join("broker");
+    let admin = blindfold_broker::init(&broker_dir, &[]).map_err(Error::BadInput)?;
+    let state = blindfold_broker::load(&broker_dir, None, blindfold_broker::Settings::default())
+        .map_err(Error::BadInput)?;
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::BadInput(e.to_string()))?;
+    let url = format!(
+        "https://{}",
+        listener
+            .local_addr()
+            .map_err(|e| Error::Bug(e.to_string()))?
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Bug(e.to_string()))?;
+    let bd = blindfold_broker::BrokerDir(broker_dir.clone());
+    rt.spawn(async move {
+        let _ = blindfold_broker::serve(state, listener, Some(&bd)).await;
+    });
+    let ca = io(
+        &broker_dir,
+        fs::read(blindfold_broker::BrokerDir(broker_dir.clone()).cert()),
+    )?;
+    let opts = blindfold_attest::FetchOptions {
+        broker: url.clone(),
+        ca_cert_pem: Some(ca),
+        job: Some("demo".into()),
+    };
+    let client = blindfold_attest::client(&opts).map_err(|e| Error::Bug(e.to_string()))?;
+    let (id, key, digest, version) = ds.broker_registration();
+    let reg = blindfold_broker::Registration {
+        dataset_id: id.clone(),
+        key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key[..]),
+        manifest_sha256: hex::encode(digest),
+        version,
+        policy: "tee = [\"sample\"]\njobs = [\"demo\"]\n".into(),
+    };
+    drop(key);
+    rt.block_on(async {
+        let r = client
+            .post(format!("{url}/admin/v0/datasets"))
+            .bearer_auth(&admin)
+            .json(&reg)
+            .send()
+            .await
+            .map_err(|e| Error::Bug(e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(Error::Bug(format!(
+                "registration failed: HTTP {}",
+                r.status()
+            )));
+        }
+        Ok(())
+    })?;
+
+    eprintln!("6. training job: attest (sample evidence) and receive the key, encrypted to its own ephemeral key");
+    let t = Instant::now();
+    let released = blindfold_attest::fetch_key(
+        &opts,
+        &id,
+        &blindfold_attest::EvidenceSource::InsecureSample { measurement: None },
+    )
+    .map_err(|e| Error::Bug(format!("key release failed: {e}")))?;
+    let release_ms = t.elapsed().as_secs_f64() * 1e3;
+    // The job opens the dataset with the released key, refusing any other manifest
+    // version or digest than the one the owner registered.
+    let job_view = SealedDataset::open_with_key(
+        Store::open(sealed_s, false)?,
+        blindfold_format::DatasetKey::from_bytes(*released.key),
+        Some(blindfold_owner::Expected {
+            version: released.version,
+            manifest_sha256: released.manifest_sha256,
+        }),
+    )?;
+    job_view.verify(&NoProgress)?;
+    let wrong_job = blindfold_attest::fetch_key(
+        &blindfold_attest::FetchOptions {
+            job: Some("other".into()),
+            ..opts.clone()
+        },
+        &id,
+        &blindfold_attest::EvidenceSource::InsecureSample { measurement: None },
+    );
+    let denied = match wrong_job {
+        Err(blindfold_attest::Error::Denied { detail, .. }) => detail,
+        other => {
+            return Err(Error::Bug(format!(
+                "a job the policy does not name got {other:?}"
+            )))
+        }
+    };
+    eprintln!("   released in {release_ms:.0} ms; a job named \"other\" was refused: {denied}");
+    drop(rt);
+
+    eprintln!("7. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
     copy_dir(&sealed, &tampered)?;
     let shard = tampered.join(&insp.manifest.splits[0].shards[0].path);
     let mut bytes = io(&shard, fs::read(&shard))?;
@@ -171,7 +270,7 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
     };
     eprintln!("   refused: {refused}");
 
-    eprintln!("6. owner: open the sealed copy and compare with the originals");
+    eprintln!("8. owner: open the sealed copy and compare with the originals");
     let t = Instant::now();
     let files = ds.open_to_dir(&opened, false, bars)?;
     let open_s = t.elapsed().as_secs_f64();
@@ -188,7 +287,7 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
 
     let mb = report.plaintext_bytes as f64 / 1e6;
     println!();
-    println!("blindfold demo: owner side, Fashion-MNIST");
+    println!("blindfold demo: owner and key broker, Fashion-MNIST");
     println!("  dataset id            {}", report.dataset_id);
     println!(
         "  records               {} (train {}, test {})",
@@ -211,11 +310,19 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
         files.len()
     );
     println!("  tamper test           one flipped byte refused");
+    println!(
+        "  key broker            {url} (folder {}), key released to the job in {release_ms:.0} ms",
+        broker_dir.display()
+    );
+    println!("  policy                sample TEE accepted for job \"demo\": NO hardware root of trust in this demo");
     println!("  key store             {}", home.display());
     println!("  sealed dataset        {}", sealed.display());
     println!("  opened files          {}", opened.display());
     println!("  tampered copy         {}", tampered.display());
-    println!("  not in this build yet the key broker and training inside a TEE (see README)");
+    println!(
+        "  not in this build yet training inside the trusted zone; on a real TEE the job would"
+    );
+    println!("                        attest with SEV-SNP/TDX evidence (--tee tsm) under a policy naming its measurement");
     Ok(())
 }
 

@@ -107,8 +107,10 @@ enum Cmd {
     ///
     /// Creates a key store, seals Fashion-MNIST (installing Debian's
     /// dataset-fashion-mnist package if it is missing and this user may), inspects and
-    /// verifies the sealed copy, opens it, checks the result byte for byte against the
-    /// originals, and prints where every artifact is.
+    /// verifies the sealed copy, starts a local key broker and registers the dataset
+    /// under a policy that accepts the sample TEE (and says so), fetches the key as a
+    /// training job would and opens the dataset with it, shows a tampered shard refused,
+    /// opens the dataset back byte for byte, and prints where every artifact is.
     Demo(DemoArgs),
 }
 

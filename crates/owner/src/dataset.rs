@@ -274,10 +274,15 @@ impl SealedDataset {
         let mut report = VerifyReport::default();
         for split in &self.manifest.splits {
             self.for_each_chunk(split, progress, |pt| {
-                report.chunks += 1;
                 report.plaintext_bytes += pt.len() as u64;
                 Ok(())
             })?;
+            let rpc = self.manifest.records_per_chunk as u64;
+            report.chunks += split
+                .shards
+                .iter()
+                .map(|e| e.records.div_ceil(rpc).max(1))
+                .sum::<u64>();
             report.shards += split.shards.len();
             report.records += split.records;
         }
