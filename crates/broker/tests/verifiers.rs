@@ -56,6 +56,33 @@ mod snp {
     }
 
     #[test]
+    fn the_vcek_must_match_the_reports_tcb_and_chip() {
+        use sev::parser::ByteParser;
+        let r = report();
+        let vcek = data("vcek_milan.der");
+        let rep = sev::firmware::guest::AttestationReport::from_bytes(&r).unwrap();
+        blindfold_broker::verifier::snp::check_vcek_binds_report(&vcek, &rep).unwrap();
+        // The same VCEK against a report claiming another TCB or chip (checked on the parsed
+        // report: a modified report would also fail its signature).
+        let mut other_tcb = rep;
+        other_tcb.reported_tcb.snp += 1;
+        let e = blindfold_broker::verifier::snp::check_vcek_binds_report(&vcek, &other_tcb)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Rejection::Evidence(m) if m.contains("SNP SPL")),
+            "{e:?}"
+        );
+        let mut other_chip = rep;
+        other_chip.chip_id[0] ^= 1;
+        let e = blindfold_broker::verifier::snp::check_vcek_binds_report(&vcek, &other_chip)
+            .unwrap_err();
+        assert!(
+            matches!(&e, Rejection::Evidence(m) if m.contains("another chip")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn tampered_reports_and_foreign_vceks_are_rejected() {
         let r = report();
         let v = SnpVerifier::new();

@@ -3,9 +3,11 @@
 //! report. Evidence (blindfold's subset): `{"report": base64 of the raw report,
 //! "vcek": base64 of the VCEK certificate in DER}`.
 //!
-//! Not checked (stated in docs/threat-model.md): certificate validity dates and
-//! revocation (AMD's CRL), and the VCEK's TCB and hardware-id extensions against the
-//! report. The policy checks the reported TCB.
+//! The VCEK's TCB extensions (bootloader, TEE, SNP, microcode SPLs) must equal the
+//! report's reported TCB, and its hardware id the report's chip id (unless the report
+//! masks it): a VCEK for another chip or TCB is refused. Not checked (stated in
+//! docs/threat-model.md): certificate validity dates and revocation (AMD's CRL). The
+//! policy checks the reported TCB against its minimums.
 
 use serde_json::Value;
 use sev::certs::snp::{builtin, ca, Certificate, Chain, Verifiable};
@@ -84,4 +86,77 @@ impl Verifier for SnpVerifier {
         };
         Ok((claims, report.report_data.to_vec()))
     }
+}
+
+/// AMD's VCEK extension OIDs (VCEK specification, chapter 3).
+const OID_BL: &str = "1.3.6.1.4.1.3704.1.3.1";
+const OID_TEE: &str = "1.3.6.1.4.1.3704.1.3.2";
+const OID_SNP: &str = "1.3.6.1.4.1.3704.1.3.3";
+const OID_UCODE: &str = "1.3.6.1.4.1.3704.1.3.8";
+const OID_HWID: &str = "1.3.6.1.4.1.3704.1.4";
+
+/// A small DER INTEGER (0..=255), as the SPL extensions hold.
+fn der_u8(v: &[u8]) -> Option<u8> {
+    match v {
+        [0x02, 1, x] => Some(*x),
+        [0x02, 2, 0, x] if *x >= 0x80 => Some(*x),
+        _ => None,
+    }
+}
+
+/// The VCEK must have been issued for the chip and TCB the report claims.
+pub fn check_vcek_binds_report(
+    vcek_der: &[u8],
+    report: &AttestationReport,
+) -> Result<(), Rejection> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(vcek_der)
+        .map_err(|e| Rejection::Evidence(format!("VCEK: {e}")))?;
+    let mut spl = [None::<u8>; 4];
+    let mut hwid = None;
+    for ext in cert.tbs_certificate.extensions.iter().flatten() {
+        let v = ext.extn_value.as_bytes();
+        match ext.extn_id.to_string().as_str() {
+            OID_BL => spl[0] = der_u8(v),
+            OID_TEE => spl[1] = der_u8(v),
+            OID_SNP => spl[2] = der_u8(v),
+            OID_UCODE => spl[3] = der_u8(v),
+            OID_HWID => hwid = Some(v.to_vec()),
+            _ => {}
+        }
+    }
+    let t = report.reported_tcb;
+    let want = [t.bootloader, t.tee, t.snp, t.microcode];
+    for (i, name) in ["bootloader", "TEE", "SNP", "microcode"].iter().enumerate() {
+        match spl[i] {
+            Some(v) if v == want[i] => {}
+            Some(v) => {
+                return Err(Rejection::Evidence(format!(
+                    "the VCEK is for {name} SPL {v}, the report says {}",
+                    want[i]
+                )))
+            }
+            None => {
+                return Err(Rejection::Evidence(format!(
+                    "the VCEK lacks its {name} SPL extension"
+                )))
+            }
+        }
+    }
+    if report.chip_id.iter().any(|&b| b != 0) {
+        match hwid {
+            Some(h) if h[..] == report.chip_id[..] => {}
+            Some(_) => {
+                return Err(Rejection::Evidence(
+                    "the VCEK was issued for another chip".into(),
+                ))
+            }
+            None => {
+                return Err(Rejection::Evidence(
+                    "the VCEK lacks its hardware-id extension".into(),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
