@@ -237,7 +237,10 @@ pub fn seal_bench(opts: &SealBenchOptions, log: &mut dyn FnMut(&str)) -> Result<
             aged_v.get(round).map_or("-".into(), |v| format!("{v:.2}")),
         ));
         // Clean the outputs (and the sealed dataset's key record) for the next round.
-        let id = DatasetIdOf::from_dir(&sealed)?;
+        let id = crate::dataset::claimed_id(&Store::open(
+            sealed.to_str().expect("utf-8 temp path"),
+            false,
+        )?)?;
         ks.remove_dataset(&id)?;
         for p in [&sealed, &opened] {
             io(p, fs::remove_dir_all(p))?;
@@ -259,13 +262,4 @@ pub fn seal_bench(opts: &SealBenchOptions, log: &mut dyn FnMut(&str)) -> Result<
         age_decrypt_gbps: (!aged_v.is_empty()).then(|| median(aged_v)),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     })
-}
-
-struct DatasetIdOf;
-
-impl DatasetIdOf {
-    fn from_dir(dir: &Path) -> Result<blindfold_format::DatasetId> {
-        let store = Store::open(dir.to_str().expect("utf-8 temp path"), false)?;
-        crate::dataset::claimed_id(&store)
-    }
 }
