@@ -2,27 +2,56 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Every error the broker answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(missing_docs)]
-pub enum ErrorCode {
-    MalformedRequest,
-    ProtocolVersion,
-    UnsupportedTee,
-    UnsupportedTeeKey,
-    TokenNotFound,
-    SessionExpired,
-    NonceReplayed,
-    EvidenceRejected,
-    ReportDataMismatch,
-    PolicyDenied,
-    Revoked,
-    Unauthorized,
-    NotFound,
-    Conflict,
-    PayloadTooLarge,
-    TooManyRequests,
-    Internal,
+/// Declares the codes once: each variant with its HTTP status; the enum, [`ErrorCode::ALL`],
+/// [`ErrorCode::status`] and [`ErrorCode::name`] all come from this one table.
+macro_rules! error_codes {
+    ($($code:ident => $status:literal,)*) => {
+        /// Every error the broker answers with.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[allow(missing_docs)]
+        pub enum ErrorCode {
+            $($code,)*
+        }
+
+        impl ErrorCode {
+            /// Every code.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$code,)*];
+
+            /// The HTTP status.
+            pub fn status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$code => $status,)*
+                }
+            }
+
+            /// The code's name (as in the error type URL).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => stringify!($code),)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    MalformedRequest => 400,
+    ProtocolVersion => 400,
+    UnsupportedTee => 400,
+    UnsupportedTeeKey => 400,
+    TokenNotFound => 401,
+    SessionExpired => 401,
+    NonceReplayed => 401,
+    EvidenceRejected => 401,
+    ReportDataMismatch => 401,
+    PolicyDenied => 401,
+    Revoked => 401,
+    Unauthorized => 401,
+    NotFound => 404,
+    Conflict => 409,
+    PayloadTooLarge => 413,
+    TooManyRequests => 429,
+    Internal => 500,
 }
 
 /// The JSON body of an error reply.
@@ -38,69 +67,6 @@ pub struct ErrorBody {
 const PREFIX: &str = "https://github.com/confidential-containers/kbs/errors/";
 
 impl ErrorCode {
-    /// Every code.
-    pub const ALL: [ErrorCode; 17] = {
-        use ErrorCode::*;
-        [
-            MalformedRequest,
-            ProtocolVersion,
-            UnsupportedTee,
-            UnsupportedTeeKey,
-            TokenNotFound,
-            SessionExpired,
-            NonceReplayed,
-            EvidenceRejected,
-            ReportDataMismatch,
-            PolicyDenied,
-            Revoked,
-            Unauthorized,
-            NotFound,
-            Conflict,
-            PayloadTooLarge,
-            TooManyRequests,
-            Internal,
-        ]
-    };
-
-    /// The HTTP status.
-    pub fn status(self) -> u16 {
-        use ErrorCode::*;
-        match self {
-            MalformedRequest | ProtocolVersion | UnsupportedTee | UnsupportedTeeKey => 400,
-            TokenNotFound | SessionExpired | NonceReplayed | EvidenceRejected
-            | ReportDataMismatch | PolicyDenied | Revoked | Unauthorized => 401,
-            NotFound => 404,
-            Conflict => 409,
-            PayloadTooLarge => 413,
-            TooManyRequests => 429,
-            Internal => 500,
-        }
-    }
-
-    /// The code's name (as in the error type URL).
-    pub fn name(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            MalformedRequest => "MalformedRequest",
-            ProtocolVersion => "ProtocolVersion",
-            UnsupportedTee => "UnsupportedTee",
-            UnsupportedTeeKey => "UnsupportedTeeKey",
-            TokenNotFound => "TokenNotFound",
-            SessionExpired => "SessionExpired",
-            NonceReplayed => "NonceReplayed",
-            EvidenceRejected => "EvidenceRejected",
-            ReportDataMismatch => "ReportDataMismatch",
-            PolicyDenied => "PolicyDenied",
-            Revoked => "Revoked",
-            Unauthorized => "Unauthorized",
-            NotFound => "NotFound",
-            Conflict => "Conflict",
-            PayloadTooLarge => "PayloadTooLarge",
-            TooManyRequests => "TooManyRequests",
-            Internal => "Internal",
-        }
-    }
-
     /// The body for this code.
     pub fn body(self, detail: impl Into<String>) -> ErrorBody {
         ErrorBody {
@@ -112,7 +78,7 @@ impl ErrorCode {
     /// The code named in an error body, if it is one of ours.
     pub fn from_body(b: &ErrorBody) -> Option<ErrorCode> {
         let name = b.error_type.strip_prefix(PREFIX)?;
-        ErrorCode::ALL.into_iter().find(|c| c.name() == name)
+        ErrorCode::ALL.iter().copied().find(|c| c.name() == name)
     }
 }
 
@@ -122,7 +88,7 @@ mod tests {
 
     #[test]
     fn every_code_round_trips_through_its_body() {
-        for c in ErrorCode::ALL {
+        for &c in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_body(&c.body("x")), Some(c));
             assert!((400..600).contains(&c.status()));
         }
