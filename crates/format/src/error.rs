@@ -14,6 +14,8 @@ pub enum Object {
         /// Shard index within the split.
         index: u32,
     },
+    /// A sealed output (model, metrics) by its object name.
+    Output(String),
     /// Something without a name (a bare header being parsed, for example).
     Unnamed,
 }
@@ -23,6 +25,7 @@ impl fmt::Display for Object {
         match self {
             Object::Manifest => f.write_str("manifest"),
             Object::Shard { split, index } => write!(f, "shard {split}/{index}"),
+            Object::Output(name) => write!(f, "sealed output {name}"),
             Object::Unnamed => f.write_str("object"),
         }
     }

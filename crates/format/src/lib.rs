@@ -1,5 +1,6 @@
 //! The sealed dataset format of blindfold: shard headers, STREAM chunk sealing and
-//! opening, key derivation and commitment, manifests.
+//! opening, key derivation and commitment, manifests, and sealed outputs (HPKE to the
+//! owner).
 //!
 //! Pure functions over bytes and a key: no files, no network. The byte layout is
 //! specified in `docs/sealed-format.md`; section numbers (§) in this crate refer to it.
@@ -23,6 +24,7 @@ mod error;
 pub mod fuzz;
 mod keys;
 mod manifest;
+mod output;
 mod schema;
 mod shard;
 
@@ -34,6 +36,10 @@ pub use keys::{
 pub use manifest::{
     manifest_digest, shard_path, valid_shard_path, Manifest, ShardEntry, Split, MANIFEST_MAGIC,
     MANIFEST_NAME, MAX_MANIFEST_BODY,
+};
+pub use output::{
+    open_output, output_header_unverified, seal_output, OutputHeader, MAX_OUTPUT_HEADER,
+    OUTPUT_INFO, OUTPUT_MAGIC, OUTPUT_SUITE, X25519_LEN,
 };
 pub use schema::{
     valid_split_name, DType, Schema, DEFAULT_CHUNK_TARGET, MAX_DIMS, MAX_RECORD_SIZE,
