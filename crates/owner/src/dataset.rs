@@ -158,6 +158,24 @@ impl SealedDataset {
             .map_err(|e| Error::Bug(format!("sealed metadata is not JSON: {e}")))
     }
 
+    /// The owner's X25519 public key that `seal` put into the sealed metadata: a
+    /// training job seals its outputs to it. Authenticated by the dataset key, so the
+    /// cloud cannot substitute its own.
+    pub fn owner_public(&self) -> Result<[u8; 32]> {
+        self.metadata()?
+            .get(crate::seal::OWNER_PUBLIC_FIELD)
+            .and_then(|v| v.as_str())
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                Error::BadInput(
+                    "the sealed metadata names no owner public key (sealed by an older \
+                     version): seal it again with `blindfold seal --update`"
+                        .into(),
+                )
+            })
+    }
+
     fn at(&self, path: &str) -> String {
         format!("{}/{path}", self.store.location())
     }

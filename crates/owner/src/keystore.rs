@@ -100,6 +100,8 @@ pub struct KeyStore {
     home: PathBuf,
     master: aead::LessSafeKey,
     identity_public: Vec<u8>,
+    /// The identity's secret key, wrapped under the master key: (nonce, wrapped), hex.
+    identity_wrapped: (String, String),
 }
 
 impl std::fmt::Debug for KeyStore {
@@ -265,6 +267,7 @@ impl KeyStore {
             home: home.to_owned(),
             master,
             identity_public,
+            identity_wrapped: (ks.identity.nonce, ks.identity.wrapped_secret),
         })
     }
 
@@ -334,12 +337,32 @@ impl KeyStore {
             master,
             identity_public: hex::decode(&ks.identity.public)
                 .map_err(|_| Error::KeyStore("identity public key is not hex".into()))?,
+            identity_wrapped: (ks.identity.nonce, ks.identity.wrapped_secret),
         })
     }
 
     /// The folder.
     pub fn home(&self) -> &Path {
         &self.home
+    }
+
+    /// Opens a sealed output (a trained model, metrics) that a job encrypted to the
+    /// owner's public key. The identity's secret key is unwrapped only for this call.
+    pub fn open_output(
+        &self,
+        bytes: &[u8],
+        name: &str,
+    ) -> Result<(blindfold_format::OutputHeader, Zeroizing<Vec<u8>>)> {
+        let sk = unwrap(
+            &self.master,
+            AAD_IDENTITY,
+            &self.identity_wrapped.0,
+            &self.identity_wrapped.1,
+        )
+        .ok_or_else(|| {
+            Error::KeyStore("the identity key does not unwrap: damaged key store".into())
+        })?;
+        blindfold_format::open_output(&sk, bytes, name).map_err(|e| Error::sealed(name, e))
     }
 
     /// The owner's HPKE public key (X25519, 32 bytes): sealed models are encrypted to it.

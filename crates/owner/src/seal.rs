@@ -19,6 +19,10 @@ use crate::import::Import;
 use crate::keystore::KeyStore;
 use crate::Progress;
 
+/// The sealed-metadata field holding the owner's X25519 public key (hex), to which
+/// trained models and metrics are sealed.
+pub const OWNER_PUBLIC_FIELD: &str = "owner_public";
+
 /// Default plaintext bytes per shard.
 pub const DEFAULT_SHARD_BYTES: u64 = 256 << 20;
 
@@ -189,7 +193,16 @@ pub fn seal(
     for p in &cleanup.paths {
         dest.sync(p)?;
     }
-    let meta = serde_json::to_vec(&import.metadata).map_err(|e| Error::Bug(e.to_string()))?;
+    // The owner's public key travels inside the authenticated, encrypted metadata: a
+    // training job sends its outputs to this key and to no other (docs/sealed-format.md §8).
+    let mut metadata = import.metadata.clone();
+    if let Some(obj) = metadata.as_object_mut() {
+        obj.insert(
+            OWNER_PUBLIC_FIELD.into(),
+            hex::encode(ks.identity_public()).into(),
+        );
+    }
+    let meta = serde_json::to_vec(&metadata).map_err(|e| Error::Bug(e.to_string()))?;
     let (manifest, bytes) = Manifest::seal(&key, id, suite, version, schema, rpc, splits, &meta)
         .map_err(|e| Error::BadInput(e.to_string()))?;
     let digest = manifest_digest(&bytes);
