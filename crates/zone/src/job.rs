@@ -1,0 +1,252 @@
+//! A whole training job inside the trusted zone: key from the broker by attestation →
+//! authenticated manifest at the released version → records decrypted into zeroizing
+//! memory → training → model and metrics sealed to the owner → storage.
+//!
+//! The only things the job writes are sealed outputs and its (non-secret) configuration.
+
+use std::time::Instant;
+
+use blindfold_attest::{EvidenceSource, FetchOptions};
+use blindfold_format::{seal_output, DatasetKey, OutputHeader};
+use blindfold_owner::import::Import;
+use blindfold_owner::{Expected, Progress, SealedDataset};
+use blindfold_store::Store;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::data::{Dataset, Splits};
+use crate::error::{Error, Result};
+use crate::train::{self, TrainConfig, TrainProgress, Trained};
+
+/// Object name of the sealed weights in the output location.
+pub const MODEL_OBJECT: &str = "model.sealed";
+/// Object name of the sealed metrics.
+pub const METRICS_OBJECT: &str = "metrics.sealed";
+/// Object name of the job's configuration (clear: it holds nothing secret).
+pub const CONFIG_OBJECT: &str = "train.json";
+
+/// Where the data of a job comes from.
+pub enum Source<'a> {
+    /// A sealed dataset, its key released by the broker.
+    Sealed {
+        /// Dataset location (folder, `s3://`).
+        dataset: &'a str,
+        /// How to reach the broker.
+        broker: &'a FetchOptions,
+        /// Where the attestation evidence comes from.
+        evidence: &'a EvidenceSource,
+    },
+    /// The baseline: the owner's plaintext files, through the same importers.
+    Plaintext {
+        /// The import, opened.
+        import: Import,
+        /// The owner's X25519 public key to seal outputs to.
+        owner_public: [u8; 32],
+        /// A name for reports.
+        input: String,
+    },
+}
+
+/// What a job did, with its timings. Holds no secret.
+#[derive(Debug, Serialize)]
+pub struct JobReport {
+    /// `sealed` or `plaintext`.
+    pub mode: &'static str,
+    /// Dataset id (sealed jobs).
+    pub dataset_id: Option<String>,
+    /// Manifest version the broker released (sealed jobs).
+    pub version: Option<u64>,
+    /// Seconds from job start to the key in memory (sealed jobs).
+    pub key_s: f64,
+    /// Seconds reading (and decrypting) the records.
+    pub load_s: f64,
+    /// Seconds in the training loop.
+    pub train_s: f64,
+    /// Seconds sealing and writing the outputs.
+    pub output_s: f64,
+    /// Whole job.
+    pub total_s: f64,
+    /// Per-epoch figures.
+    pub epochs: Vec<train::EpochMetrics>,
+    /// SHA-256 of the trained weights (hex).
+    pub weights_sha256: String,
+    /// SHA-256 over the schema and records trained on (hex): equal for a sealed dataset
+    /// and its plaintext. Never serialized: a digest of the records would let whoever
+    /// reads the job's output confirm a guess of the whole dataset.
+    #[serde(skip)]
+    pub data_sha256: String,
+    /// Objects written, by location.
+    pub outputs: Vec<String>,
+}
+
+/// Makes the process unfit to leak memory through a core dump or a debugger of the same
+/// user: RLIMIT_CORE = 0 and PR_SET_DUMPABLE = 0. Call before any key is fetched.
+pub fn harden_process() -> Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{setrlimit, Resource};
+        setrlimit(Resource::RLIMIT_CORE, 0, 0)
+            .map_err(|e| Error::Bug(format!("cannot disable core dumps: {e}")))?;
+        nix::sys::prctl::set_dumpable(false)
+            .map_err(|e| Error::Bug(format!("cannot clear the dumpable flag: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Runs a job: the data from `source`, the model trained per `cfg`, outputs sealed to the
+/// owner and written to `out`. `out` is checked to be writable and free of an earlier
+/// model before any key is fetched.
+pub fn run(
+    source: Source<'_>,
+    splits: &Splits,
+    cfg: &TrainConfig,
+    out: &Store,
+    load_progress: &dyn Progress,
+    progress: &dyn TrainProgress,
+) -> Result<(JobReport, Trained)> {
+    cfg.check()?;
+    if out.size(MODEL_OBJECT)?.is_some() {
+        return Err(Error::BadInput(format!(
+            "{}/{MODEL_OBJECT} exists: choose another output location (a trained model is never overwritten)",
+            out.location()
+        )));
+    }
+    let start = Instant::now();
+    let (data, owner_public, facts, mode, key_s, load_s) = match source {
+        Source::Sealed {
+            dataset,
+            broker,
+            evidence,
+        } => {
+            let store = Store::open(dataset, false)?;
+            let claimed = blindfold_owner::dataset::claimed_id(&store)?;
+            let released = blindfold_attest::fetch_key(broker, &claimed.to_hex(), evidence)?;
+            if released.dataset_id != claimed.to_hex() {
+                return Err(Error::Broker(blindfold_attest::Error::BadReply(
+                    "the broker released the key of another dataset".into(),
+                )));
+            }
+            let key_s = start.elapsed().as_secs_f64();
+            let t = Instant::now();
+            // The manifest must be the one the owner registered: an older one is a
+            // rollback, another one of the same version a fork.
+            let ds = SealedDataset::open_with_key(
+                store,
+                DatasetKey::from_bytes(*released.key),
+                Some(Expected {
+                    version: released.version,
+                    manifest_sha256: released.manifest_sha256,
+                }),
+            )?;
+            let owner_public = ds.owner_public()?;
+            let data = Dataset::from_sealed(&ds, splits, load_progress)?;
+            let facts = json!({
+                "dataset_id": ds.manifest().dataset_id.to_hex(),
+                "version": ds.manifest().version,
+                "manifest_sha256": hex::encode(ds.manifest_sha256()),
+            });
+            (
+                data,
+                owner_public,
+                facts,
+                "sealed",
+                key_s,
+                t.elapsed().as_secs_f64(),
+            )
+        }
+        Source::Plaintext {
+            import,
+            owner_public,
+            input,
+        } => {
+            let t = Instant::now();
+            let data = Dataset::from_import(import, splits, load_progress)?;
+            let facts = json!({ "plaintext_input": input });
+            (
+                data,
+                owner_public,
+                facts,
+                "plaintext",
+                0.0,
+                t.elapsed().as_secs_f64(),
+            )
+        }
+    };
+    let trained = train::train(&data, cfg, progress)?;
+    let t = Instant::now();
+    let outputs = write_outputs(out, &owner_public, cfg, &trained, &facts)?;
+    let output_s = t.elapsed().as_secs_f64();
+    let report = JobReport {
+        mode,
+        dataset_id: facts
+            .get("dataset_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        version: facts.get("version").and_then(|v| v.as_u64()),
+        key_s,
+        load_s,
+        train_s: trained.seconds,
+        output_s,
+        total_s: start.elapsed().as_secs_f64(),
+        epochs: trained.epochs.clone(),
+        weights_sha256: hex::encode(trained.weights_sha256),
+        data_sha256: hex::encode(data.digest()),
+        outputs,
+    };
+    Ok((report, trained))
+}
+
+/// Seals the weights and the metrics to the owner and writes them, then the clear
+/// configuration. Each object is written whole (temporary name, then rename), and
+/// the metrics only after the model, so a crash never leaves a half-written output.
+fn write_outputs(
+    out: &Store,
+    owner_public: &[u8; 32],
+    cfg: &TrainConfig,
+    trained: &Trained,
+    facts: &serde_json::Value,
+) -> Result<Vec<String>> {
+    let info = json!({
+        "model": trained.spec.arch.name(),
+        "input": trained.spec.input,
+        "classes": trained.spec.classes,
+        "data": facts,
+    });
+    let model = seal_output(
+        owner_public,
+        &OutputHeader::new("model", "burnpack", info.clone()),
+        &trained.weights,
+        MODEL_OBJECT,
+    )
+    .map_err(|e| Error::Bug(format!("sealing the model: {e}")))?;
+    let metrics = zeroize::Zeroizing::new(
+        serde_json::to_vec_pretty(&json!({
+            "config": cfg,
+            "spec": trained.spec,
+            "epochs": trained.epochs,
+            "train_seconds": trained.seconds,
+            "weights_sha256": hex::encode(trained.weights_sha256),
+            "data": facts,
+        }))
+        .map_err(|e| Error::Bug(e.to_string()))?,
+    );
+    let metrics = seal_output(
+        owner_public,
+        &OutputHeader::new("metrics", "json", info),
+        &metrics,
+        METRICS_OBJECT,
+    )
+    .map_err(|e| Error::Bug(format!("sealing the metrics: {e}")))?;
+    let config = serde_json::to_vec_pretty(&json!({
+        "config": cfg,
+        "data": facts,
+    }))
+    .map_err(|e| Error::Bug(e.to_string()))?;
+    out.put(MODEL_OBJECT, model)?;
+    out.put(METRICS_OBJECT, metrics)?;
+    out.put(CONFIG_OBJECT, config)?;
+    Ok([MODEL_OBJECT, METRICS_OBJECT, CONFIG_OBJECT]
+        .iter()
+        .map(|n| format!("{}/{n}", out.location()))
+        .collect())
+}

@@ -1,0 +1,272 @@
+//! The training loop: Adam on cross-entropy, batches in the order [`epoch_order`] fixes,
+//! evaluation on the test split after every epoch.
+//!
+//! Nothing here knows whether the records were sealed: a sealed dataset and its
+//! plaintext original give bit-identical weights for the same configuration.
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::data::{epoch_order, Batch, Dataset, SplitRecords};
+use crate::error::{Error, Result};
+use crate::model::{self, Arch, ModelSpec, Net};
+
+/// Batches prepared ahead of the training step.
+const PREFETCH: usize = 4;
+/// Batch size for evaluation.
+const EVAL_BATCH: usize = 1000;
+
+/// What to train: saved beside the model as `train.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Architecture.
+    pub model: Arch,
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Records per step.
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// Fixes the initial weights and every epoch's record order.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: Arch::Lenet5,
+            epochs: 1,
+            batch_size: 64,
+            lr: 1e-3,
+            seed: 42,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values are usable.
+    pub fn check(&self) -> Result<()> {
+        if self.epochs == 0 || self.epochs > 10_000 {
+            return Err(Error::BadInput("epochs must be 1 to 10000".into()));
+        }
+        if self.batch_size == 0 || self.batch_size > 65_536 {
+            return Err(Error::BadInput("batch size must be 1 to 65536".into()));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 10.0) {
+            return Err(Error::BadInput(
+                "learning rate must be a positive number below 10".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Figures of one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Accuracy on the training batches as they were trained.
+    pub train_accuracy: f64,
+    /// Accuracy on the test split after the epoch.
+    pub test_accuracy: Option<f64>,
+    /// Seconds of training (not evaluation).
+    pub seconds: f64,
+    /// Training records per second.
+    pub samples_per_s: f64,
+}
+
+/// Receives training progress (the CLI draws bars).
+pub trait TrainProgress: Sync {
+    /// An epoch starts with `records` to train.
+    fn epoch_start(&self, _epoch: usize, _records: u64) {}
+    /// `done` records trained so far this epoch, with running loss and accuracy.
+    fn step(&self, _done: u64, _loss: f64, _accuracy: f64, _samples_per_s: f64) {}
+    /// An epoch is over.
+    fn epoch_end(&self, _m: &EpochMetrics) {}
+}
+
+/// Reports nothing.
+pub struct Quiet;
+impl TrainProgress for Quiet {}
+
+/// A trained model, in memory.
+pub struct Trained {
+    /// What it is.
+    pub spec: ModelSpec,
+    /// Weights as Burnpack bytes.
+    pub weights: Zeroizing<Vec<u8>>,
+    /// SHA-256 of the weights ([`model::weights_digest`]).
+    pub weights_sha256: [u8; 32],
+    /// Per epoch.
+    pub epochs: Vec<EpochMetrics>,
+    /// Seconds spent in the training loop (all epochs, evaluation included).
+    pub seconds: f64,
+}
+
+impl std::fmt::Debug for Trained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Trained({:?}, weights {}, {} epochs)",
+            self.spec,
+            hex::encode(self.weights_sha256),
+            self.epochs.len()
+        )
+    }
+}
+
+/// The CPU training backend.
+pub type CpuTrain = Autodiff<Flex>;
+
+/// Trains on the CPU backend (Flex).
+pub fn train(data: &Dataset, cfg: &TrainConfig, progress: &dyn TrainProgress) -> Result<Trained> {
+    train_on::<CpuTrain>(data, cfg, &Default::default(), progress)
+}
+
+fn tensors<B: Backend>(
+    b: &Batch,
+    input: [usize; 3],
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
+    let n = b.len();
+    let [c, h, w] = input;
+    let x = Tensor::<B, 4>::from_data(TensorData::new(b.features.clone(), [n, c, h, w]), device);
+    let y = Tensor::<B, 1, Int>::from_data(TensorData::new(b.labels.clone(), [n]), device);
+    (x, y)
+}
+
+fn correct<B: Backend>(logits: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> usize {
+    let n = y.dims()[0];
+    let pred = logits.argmax(1).reshape([n]);
+    pred.equal(y).int().sum().into_scalar().elem::<i64>() as usize
+}
+
+/// Accuracy of `net` on `split`, and the confusion matrix (rows: true class, columns:
+/// predicted).
+pub fn evaluate<B: Backend>(
+    net: &Net<B>,
+    data_schema: &blindfold_format::Schema,
+    split: &SplitRecords,
+    spec: &ModelSpec,
+    device: &B::Device,
+) -> Result<(f64, Vec<Vec<u64>>)> {
+    let k = spec.classes;
+    let mut confusion = vec![vec![0u64; k]; k];
+    let order: Vec<u32> = (0..split.count as u32).collect();
+    let mut right = 0usize;
+    split.for_each_batch(data_schema, &order, EVAL_BATCH, 2, |b| {
+        let (x, y) = tensors::<B>(&b, spec.input, device);
+        let pred = net.forward(x).argmax(1).reshape([b.len()]);
+        let pred: Vec<i64> = pred
+            .into_data()
+            .convert::<i64>()
+            .to_vec()
+            .map_err(|e| Error::Bug(format!("predictions: {e:?}")))?;
+        for (&p, &t) in pred.iter().zip(&b.labels) {
+            if p == t {
+                right += 1;
+            }
+            if let (Some(row), true) = (confusion.get_mut(t as usize), (p as usize) < k) {
+                row[p as usize] += 1;
+            }
+        }
+        drop(y);
+        Ok::<_, Error>(())
+    })?;
+    Ok((right as f64 / split.count.max(1) as f64, confusion))
+}
+
+/// Trains on any autodiff backend.
+pub fn train_on<B: AutodiffBackend>(
+    data: &Dataset,
+    cfg: &TrainConfig,
+    device: &B::Device,
+    progress: &dyn TrainProgress,
+) -> Result<Trained> {
+    cfg.check()?;
+    let spec = ModelSpec {
+        arch: cfg.model,
+        input: data.input_shape(),
+        classes: data.classes,
+    };
+    // An Option, so that each step can hand the model to the optimizer by value (no
+    // second reference: the optimizer may then update parameters in place).
+    let mut net: Option<Net<B>> = Some(spec.init(cfg.seed, device)?);
+    let mut optim = AdamConfig::new().init::<B, Net<B>>();
+    let loss_fn = CrossEntropyLossConfig::new().init::<B>(device);
+    let started = Instant::now();
+    let mut epochs = Vec::with_capacity(cfg.epochs);
+    for epoch in 1..=cfg.epochs {
+        let order = epoch_order(data.train.count, cfg.seed, epoch as u64);
+        progress.epoch_start(epoch, data.train.count as u64);
+        let t = Instant::now();
+        let (mut loss_sum, mut right, mut done) = (0f64, 0usize, 0usize);
+        data.train
+            .for_each_batch(&data.schema, &order, cfg.batch_size, PREFETCH, |b| {
+                let n = b.len();
+                let (x, y) = tensors::<B>(&b, spec.input, device);
+                drop(b);
+                let m = net.take().ok_or_else(|| Error::Bug("model lost".into()))?;
+                let logits = m.forward(x);
+                let loss = loss_fn.forward(logits.clone(), y.clone());
+                let l = loss.clone().into_scalar().elem::<f64>();
+                if !l.is_finite() {
+                    return Err(Error::BadInput(format!(
+                        "training diverged in epoch {epoch} (loss {l}): lower the learning rate"
+                    )));
+                }
+                right += correct(logits.detach(), y);
+                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                net = Some(optim.step(cfg.lr, m, grads));
+                loss_sum += l * n as f64;
+                done += n;
+                let secs = t.elapsed().as_secs_f64().max(1e-9);
+                progress.step(
+                    done as u64,
+                    loss_sum / done as f64,
+                    right as f64 / done as f64,
+                    done as f64 / secs,
+                );
+                Ok(())
+            })?;
+        let seconds = t.elapsed().as_secs_f64();
+        let net = net
+            .as_ref()
+            .ok_or_else(|| Error::Bug("model lost".into()))?;
+        let test_accuracy = match &data.test {
+            Some(test) => Some(evaluate(&net.valid(), &data.schema, test, &spec, device)?.0),
+            None => None,
+        };
+        let m = EpochMetrics {
+            epoch,
+            loss: loss_sum / done.max(1) as f64,
+            train_accuracy: right as f64 / done.max(1) as f64,
+            test_accuracy,
+            seconds,
+            samples_per_s: done as f64 / seconds.max(1e-9),
+        };
+        progress.epoch_end(&m);
+        epochs.push(m);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let net = net.ok_or_else(|| Error::Bug("model lost".into()))?;
+    Ok(Trained {
+        spec,
+        weights_sha256: model::weights_digest(&net),
+        weights: model::to_burnpack(&net)?,
+        epochs,
+        seconds,
+    })
+}

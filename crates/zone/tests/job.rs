@@ -1,0 +1,454 @@
+//! Whole training jobs on a small synthetic image dataset: an in-process broker over
+//! plain HTTP on loopback, the owner's key store and sealed copy in a temporary folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blindfold_attest::{EvidenceSource, FetchOptions};
+use blindfold_owner::import::{import, Format, ImportOptions};
+use blindfold_owner::{KeyStore, NoProgress, SealOptions, SealedDataset};
+use blindfold_store::Store;
+use blindfold_zone::data::Splits;
+use blindfold_zone::job::{self, Source, CONFIG_OBJECT, METRICS_OBJECT, MODEL_OBJECT};
+use blindfold_zone::model::{Arch, Cpu, ModelSpec};
+use blindfold_zone::train::{Quiet, TrainConfig};
+use blindfold_zone::Error;
+
+const TRAIN: usize = 240;
+const TEST: usize = 60;
+
+/// A record no real image looks like: found anywhere on disk, it is a leak.
+fn canary() -> Vec<u8> {
+    (0..784u32).map(|i| (i * 37 % 251) as u8 | 1).collect()
+}
+
+/// Class `c` is a bright 8×8 square at one of ten places, over deterministic noise.
+fn image(i: usize, c: usize) -> Vec<u8> {
+    let mut img: Vec<u8> = (0..784).map(|p| ((p * 7 + i * 13) % 40) as u8).collect();
+    let (r0, c0) = ((c / 5) * 12 + 2, (c % 5) * 5 + 1);
+    for r in r0..r0 + 8 {
+        for col in c0..(c0 + 8).min(28) {
+            img[r * 28 + col] = 200;
+        }
+    }
+    img
+}
+
+fn idx(path: &Path, magic: u32, dims: &[u32], data: &[u8]) {
+    let mut b = magic.to_be_bytes().to_vec();
+    for d in dims {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    b.extend_from_slice(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// Writes a Fashion-MNIST-shaped IDX folder; training record 0 is the canary.
+fn write_dataset(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, n) in [("train", TRAIN), ("t10k", TEST)] {
+        let (mut images, mut labels) = (vec![], vec![]);
+        for i in 0..n {
+            let c = (i * 7 + n) % 10;
+            if prefix == "train" && i == 0 {
+                images.extend(canary());
+            } else {
+                images.extend(image(i, c));
+            }
+            labels.push(c as u8);
+        }
+        idx(
+            &dir.join(format!("{prefix}-images-idx3-ubyte")),
+            0x0803,
+            &[n as u32, 28, 28],
+            &images,
+        );
+        idx(
+            &dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            0x0801,
+            &[n as u32],
+            &labels,
+        );
+    }
+}
+
+struct World {
+    dir: tempfile::TempDir,
+    ks: KeyStore,
+    broker_url: String,
+    admin: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        write_dataset(&dir.path().join("plain"));
+        let ks = KeyStore::init(&dir.path().join("keys"), None).unwrap();
+        let imp = import(
+            &dir.path().join("plain"),
+            Format::Idx,
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        let opts = SealOptions {
+            chunk_target: 4096,
+            ..SealOptions::default()
+        };
+        blindfold_owner::seal(
+            &ks,
+            imp,
+            &Store::open(dir.path().join("sealed").to_str().unwrap(), true).unwrap(),
+            &opts,
+            &NoProgress,
+        )
+        .unwrap();
+        let bdir = dir.path().join("broker");
+        let admin = blindfold_broker::init(&bdir, &[]).unwrap();
+        let state: Arc<blindfold_broker::AppState> =
+            blindfold_broker::load(&bdir, None, blindfold_broker::Settings::default()).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let broker_url = format!("http://{}", listener.local_addr().unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(async move { blindfold_broker::serve(state, listener, None).await });
+        World {
+            dir,
+            ks,
+            broker_url,
+            admin,
+            _rt: rt,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn sealed(&self) -> String {
+        self.path("sealed").to_str().unwrap().to_owned()
+    }
+
+    fn register(&self, policy: &str) {
+        let ds =
+            SealedDataset::open(&self.ks, Store::open(&self.sealed(), false).unwrap()).unwrap();
+        let (id, key, digest, version) = ds.broker_registration();
+        let body = serde_json::json!({
+            "dataset_id": id,
+            "key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key[..]),
+            "manifest_sha256": hex::encode(digest),
+            "version": version,
+            "policy": policy,
+        });
+        let client = reqwest::Client::new();
+        let url = format!("{}/admin/v0/datasets", self.broker_url);
+        let status = self
+            ._rt
+            .block_on(async {
+                client
+                    .post(url)
+                    .bearer_auth(&self.admin)
+                    .json(&body)
+                    .send()
+                    .await
+            })
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "registration: {status}");
+    }
+
+    fn fetch(&self, job: &str) -> FetchOptions {
+        FetchOptions {
+            broker: self.broker_url.clone(),
+            ca_cert_pem: None,
+            job: Some(job.into()),
+        }
+    }
+
+    fn run_sealed(
+        &self,
+        job: &str,
+        out: &str,
+        cfg: &TrainConfig,
+    ) -> blindfold_zone::Result<job::JobReport> {
+        let ev = EvidenceSource::InsecureSample { measurement: None };
+        let fetch = self.fetch(job);
+        let out = Store::open(self.path(out).to_str().unwrap(), true).unwrap();
+        job::run(
+            Source::Sealed {
+                dataset: &self.sealed(),
+                broker: &fetch,
+                evidence: &ev,
+            },
+            &Splits::default(),
+            cfg,
+            &out,
+            &NoProgress,
+            &Quiet,
+        )
+        .map(|r| r.0)
+    }
+
+    fn run_plain(&self, out: &str, cfg: &TrainConfig) -> job::JobReport {
+        let out = Store::open(self.path(out).to_str().unwrap(), true).unwrap();
+        let imp = import(&self.path("plain"), Format::Idx, &ImportOptions::default()).unwrap();
+        job::run(
+            Source::Plaintext {
+                import: imp,
+                owner_public: self.ks.identity_public().try_into().unwrap(),
+                input: "plain".into(),
+            },
+            &Splits::default(),
+            cfg,
+            &out,
+            &NoProgress,
+            &Quiet,
+        )
+        .unwrap()
+        .0
+    }
+}
+
+fn cfg(model: Arch) -> TrainConfig {
+    TrainConfig {
+        model,
+        epochs: 2,
+        batch_size: 32,
+        lr: 3e-3,
+        seed: 7,
+    }
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn sealed_and_plaintext_training_give_identical_weights() {
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    for arch in [Arch::Mlp, Arch::Lenet5] {
+        let c = cfg(arch);
+        let s = w
+            .run_sealed("train", &format!("m-sealed-{arch}"), &c)
+            .unwrap();
+        let p = w.run_plain(&format!("m-plain-{arch}"), &c);
+        assert_eq!(s.data_sha256, p.data_sha256, "the same records");
+        assert_eq!(
+            s.weights_sha256, p.weights_sha256,
+            "{arch}: bit-identical weights"
+        );
+        assert_eq!(s.epochs.len(), 2);
+        for (a, b) in s.epochs.iter().zip(&p.epochs) {
+            assert_eq!(a.loss, b.loss);
+            assert_eq!(a.test_accuracy, b.test_accuracy);
+        }
+        // Another seed gives other weights: the digest is not a constant.
+        let other = w.run_plain(
+            &format!("m-plain-seed-{arch}"),
+            &TrainConfig {
+                seed: 8,
+                ..c.clone()
+            },
+        );
+        assert_ne!(other.weights_sha256, p.weights_sha256);
+    }
+    // The synthetic classes are easy: LeNet-5 must learn them (the test split is unseen).
+    let s = w
+        .run_sealed(
+            "train",
+            "m-lenet-long",
+            &TrainConfig {
+                epochs: 6,
+                ..cfg(Arch::Lenet5)
+            },
+        )
+        .unwrap();
+    let acc = s.epochs.last().unwrap().test_accuracy.unwrap();
+    assert!(acc > 0.9, "test accuracy {acc}");
+}
+
+#[test]
+fn outputs_open_only_with_the_owner_key_and_load_in_burn() {
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    let c = cfg(Arch::Lenet5);
+    let r = w.run_sealed("train", "model", &c).unwrap();
+    let out = Store::open(w.path("model").to_str().unwrap(), false).unwrap();
+    let sealed = out.get(MODEL_OBJECT).unwrap();
+    let (header, weights) = w.ks.open_output(&sealed, "model").unwrap();
+    assert_eq!(header.kind, "model");
+    assert_eq!(header.info["model"], "lenet5");
+    let spec = ModelSpec {
+        arch: Arch::Lenet5,
+        input: [1, 28, 28],
+        classes: 10,
+    };
+    let net = spec
+        .from_burnpack::<Cpu>(&weights, &Default::default())
+        .unwrap();
+    assert_eq!(
+        hex::encode(blindfold_zone::model::weights_digest(&net)),
+        r.weights_sha256
+    );
+    let (_, metrics) =
+        w.ks.open_output(&out.get(METRICS_OBJECT).unwrap(), "metrics")
+            .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&metrics).unwrap();
+    assert_eq!(m["weights_sha256"], r.weights_sha256);
+    assert_eq!(m["epochs"].as_array().unwrap().len(), 2);
+    let conf: serde_json::Value = serde_json::from_slice(&out.get(CONFIG_OBJECT).unwrap()).unwrap();
+    assert_eq!(conf["config"]["seed"], 7);
+    // Another owner's key store cannot open it.
+    let other = KeyStore::init(&w.path("other-keys"), None).unwrap();
+    assert!(other.open_output(&sealed, "model").is_err());
+    // A second job refuses to overwrite a trained model.
+    let again = w.run_sealed("train", "model", &c).unwrap_err();
+    assert!(matches!(again, Error::BadInput(_)), "{again}");
+}
+
+#[test]
+fn no_file_written_by_a_job_holds_a_plaintext_record() {
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    let before = std::time::SystemTime::now();
+    w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap();
+    let canary = canary();
+    // The owner's plaintext folder holds it (the scan can find it)...
+    let mut plain = vec![];
+    files_under(&w.path("plain"), &mut plain);
+    assert!(plain
+        .iter()
+        .any(|f| contains(&std::fs::read(f).unwrap(), &canary)));
+    // ...and nothing in storage, the output, the broker's folder, or the temporary
+    // folder written during the job does.
+    let mut files = vec![];
+    for d in ["sealed", "model", "broker"] {
+        files_under(&w.path(d), &mut files);
+    }
+    for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
+        let p = e.path();
+        let fresh = e
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .is_some_and(|t| t >= before);
+        if p.is_file() && fresh {
+            files.push(p);
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    for f in files {
+        let Ok(bytes) = std::fs::read(&f) else {
+            continue;
+        };
+        assert!(
+            !contains(&bytes, &canary),
+            "plaintext record in {}",
+            f.display()
+        );
+        assert!(
+            !contains(&bytes, &canary[..64]),
+            "plaintext row in {}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn a_tampered_chunk_stops_training_with_shard_and_chunk() {
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    let ds = SealedDataset::open(&w.ks, Store::open(&w.sealed(), false).unwrap()).unwrap();
+    let shard = w
+        .path("sealed")
+        .join(&ds.manifest().splits[0].shards[0].path);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&shard, bytes).unwrap();
+    let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
+    match &err {
+        Error::Data(e @ blindfold_owner::Error::Integrity { .. }) => {
+            let s = e.to_string();
+            assert!(s.contains("shard train/0"), "{s}");
+            assert!(s.contains("chunk"), "{s}");
+        }
+        other => panic!("expected an integrity error, got {other}"),
+    }
+    assert!(!w.path("model").join(MODEL_OBJECT).exists());
+}
+
+#[test]
+fn a_broker_denial_stops_the_job_before_any_data_is_read() {
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"someone-else\"]\n");
+    // Remove every shard: a job that read any data before asking for the key would
+    // fail on a missing shard instead of the denial.
+    let ds = SealedDataset::open(&w.ks, Store::open(&w.sealed(), false).unwrap()).unwrap();
+    for s in &ds.manifest().splits {
+        for e in &s.shards {
+            std::fs::remove_file(w.path("sealed").join(&e.path)).unwrap();
+        }
+    }
+    let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
+    assert!(
+        matches!(err, Error::Broker(blindfold_attest::Error::Denied { .. })),
+        "{err}"
+    );
+    assert!(!w.path("model").join(MODEL_OBJECT).exists());
+}
+
+#[test]
+fn a_dataset_rolled_back_after_registration_is_refused() {
+    let w = World::new();
+    // The owner publishes version 2 and registers it; storage (the attacker) then
+    // serves version 1 again, whose shards and manifest are all validly sealed.
+    let old_manifest = std::fs::read(w.path("sealed/manifest.bfm")).unwrap();
+    let imp = import(&w.path("plain"), Format::Idx, &ImportOptions::default()).unwrap();
+    let old_shards: Vec<PathBuf> = {
+        let mut v = vec![];
+        files_under(&w.path("sealed"), &mut v);
+        v
+    };
+    let saved: Vec<(PathBuf, Vec<u8>)> = old_shards
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    blindfold_owner::seal(
+        &w.ks,
+        imp,
+        &Store::open(&w.sealed(), false).unwrap(),
+        &SealOptions {
+            update: true,
+            chunk_target: 4096,
+            ..SealOptions::default()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    for (p, b) in saved {
+        std::fs::write(p, b).unwrap();
+    }
+    std::fs::write(w.path("sealed/manifest.bfm"), old_manifest).unwrap();
+    let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
+    assert!(
+        matches!(err, Error::Data(blindfold_owner::Error::RolledBack { .. })),
+        "{err}"
+    );
+}
