@@ -10,7 +10,29 @@ use blindfold_owner::import::{import, Format, ImportOptions};
 use blindfold_owner::{Error, KeyStore, NoProgress, SealOptions, SealedDataset};
 use blindfold_store::Store;
 
+use blindfold_zone::data::Splits;
+use blindfold_zone::job::{self, Source};
+use blindfold_zone::model::{self, Arch};
+use blindfold_zone::train::TrainConfig;
+
+use crate::local_broker::LocalBroker;
 use crate::progress::Bars;
+use crate::train::{evaluate, open_model, zone_error, EpochBars};
+
+/// What the demo trains.
+pub struct DemoTraining {
+    /// Model.
+    pub model: Arch,
+    /// Epochs.
+    pub epochs: usize,
+    /// No progress bars.
+    pub quiet: bool,
+}
+
+fn utf8(p: &Path) -> Result<&str, Error> {
+    p.to_str()
+        .ok_or_else(|| Error::BadInput(format!("{}: not UTF-8", p.display())))
+}
 
 /// Where Debian's `dataset-fashion-mnist` installs the files.
 pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -26,7 +48,7 @@ fn io<T>(p: &Path, r: std::io::Result<T>) -> Result<T, Error> {
     r.map_err(|e| Error::BadInput(format!("{}: {e}", p.display())))
 }
 
-fn ensure_data(data: &Path) -> Result<(), Error> {
+pub fn ensure_data(data: &Path) -> Result<(), Error> {
     let present = |d: &Path| {
         FILES
             .iter()
@@ -106,16 +128,14 @@ fn prepare_workdir(w: &Path) -> Result<(), Error> {
 }
 
 /// Runs the demo.
-pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
+pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) -> Result<(), Error> {
     ensure_data(data)?;
     prepare_workdir(workdir)?;
     let home = workdir.join("owner-keys");
     let sealed = workdir.join("sealed");
     let opened = workdir.join("opened");
     let tampered = workdir.join("tampered");
-    let sealed_s = sealed
-        .to_str()
-        .ok_or_else(|| Error::BadInput("workdir must be UTF-8".into()))?;
+    let sealed_s = utf8(&sealed)?;
 
     eprintln!("1. owner: create a key store in {}", home.display());
     let ks = KeyStore::init(&home, None)?;
@@ -151,90 +171,17 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
     eprintln!("5. owner: start a local key broker (TLS on loopback) and register the dataset");
     eprintln!("   policy: tee = [\"sample\"], job \"demo\" -- the sample TEE proves NOTHING about the job;");
     eprintln!("   a real deployment names snp/tdx and the expected measurements instead");
-    let broker_dir = workdir.join("broker");
-    let admin = blindfold_broker::init(&broker_dir, &[]).map_err(Error::BadInput)?;
-    let state = blindfold_broker::load(&broker_dir, None, blindfold_broker::Settings::default())
-        .map_err(Error::BadInput)?;
-    let listener =
-        std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::BadInput(e.to_string()))?;
-    let url = format!(
-        "https://{}",
-        listener
-            .local_addr()
-            .map_err(|e| Error::Bug(e.to_string()))?
-    );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Bug(e.to_string()))?;
-    let bd = blindfold_broker::BrokerDir(broker_dir.clone());
-    rt.spawn(async move {
-        let _ = blindfold_broker::serve(state, listener, Some(&bd)).await;
-    });
-    let ca = io(
-        &broker_dir,
-        fs::read(blindfold_broker::BrokerDir(broker_dir.clone()).cert()),
-    )?;
-    let opts = blindfold_attest::FetchOptions {
-        broker: url.clone(),
-        ca_cert_pem: Some(ca),
-        job: Some("demo".into()),
-    };
-    let client = blindfold_attest::client(&opts).map_err(|e| Error::Bug(e.to_string()))?;
-    let (id, key, digest, version) = ds.broker_registration();
-    let reg = blindfold_broker::Registration {
-        dataset_id: id.clone(),
-        key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key[..]),
-        manifest_sha256: hex::encode(digest),
-        version,
-        policy: "tee = [\"sample\"]\njobs = [\"demo\"]\n".into(),
-    };
-    drop(key);
-    rt.block_on(async {
-        let r = client
-            .post(format!("{url}/admin/v0/datasets"))
-            .bearer_auth(&admin)
-            .json(&reg)
-            .send()
-            .await
-            .map_err(|e| Error::Bug(e.to_string()))?;
-        if !r.status().is_success() {
-            return Err(Error::Bug(format!(
-                "registration failed: HTTP {}",
-                r.status()
-            )));
-        }
-        Ok(())
-    })?;
-
-    eprintln!("6. training job: attest (sample evidence) and receive the key, encrypted to its own ephemeral key");
-    let t = Instant::now();
-    let released = blindfold_attest::fetch_key(
-        &opts,
-        &id,
-        &blindfold_attest::EvidenceSource::InsecureSample { measurement: None },
-    )
-    .map_err(|e| Error::Bug(format!("key release failed: {e}")))?;
-    let release_ms = t.elapsed().as_secs_f64() * 1e3;
-    // The job opens the dataset with the released key, refusing any other manifest
-    // version or digest than the one the owner registered.
-    let job_view = SealedDataset::open_with_key(
-        Store::open(sealed_s, false)?,
-        blindfold_format::DatasetKey::from_bytes(*released.key),
-        Some(blindfold_owner::Expected {
-            version: released.version,
-            manifest_sha256: released.manifest_sha256,
-        }),
-    )?;
-    job_view.verify(&NoProgress)?;
+    let broker = LocalBroker::start(&workdir.join("broker"))?;
+    let id = broker.register(&ds, "tee = [\"sample\"]\njobs = [\"demo\"]\n")?;
+    let opts = broker.fetch_options("demo");
+    let sample = blindfold_attest::EvidenceSource::InsecureSample { measurement: None };
     let wrong_job = blindfold_attest::fetch_key(
         &blindfold_attest::FetchOptions {
             job: Some("other".into()),
             ..opts.clone()
         },
         &id,
-        &blindfold_attest::EvidenceSource::InsecureSample { measurement: None },
+        &sample,
     );
     let denied = match wrong_job {
         Err(blindfold_attest::Error::Denied { detail, .. }) => detail,
@@ -244,10 +191,69 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
             )))
         }
     };
-    eprintln!("   released in {release_ms:.0} ms; a job named \"other\" was refused: {denied}");
-    drop(rt);
+    eprintln!("   a job named \"other\" is refused: {denied}");
 
-    eprintln!("7. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
+    let cfg = TrainConfig {
+        model: training.model,
+        epochs: training.epochs,
+        ..TrainConfig::default()
+    };
+    let splits = Splits::default();
+    eprintln!(
+        "6. training job (trusted zone): attest, receive the key, decrypt in memory, train {} for {} epoch(s), seal the model to the owner",
+        cfg.model, cfg.epochs
+    );
+    let model_dest = workdir.join("model");
+    let model_s = utf8(&model_dest)?;
+    let (sealed_run, _) = job::run(
+        Source::Sealed {
+            dataset: sealed_s,
+            broker: &opts,
+            evidence: &sample,
+        },
+        &splits,
+        &cfg,
+        &Store::open(model_s, true)?,
+        bars,
+        &EpochBars::new(training.quiet),
+    )
+    .map_err(zone_error)?;
+
+    eprintln!("7. baseline: the same job on the plaintext files (same batches, same seed)");
+    let plain_dest = workdir.join("model-plaintext");
+    let (plain_run, _) = job::run(
+        Source::Plaintext {
+            import: import(data, Format::Idx, &ImportOptions::default())?,
+            owner_public: ks
+                .identity_public()
+                .try_into()
+                .map_err(|_| Error::Bug("identity key length".into()))?,
+            input: data.display().to_string(),
+        },
+        &splits,
+        &cfg,
+        &Store::open(utf8(&plain_dest)?, true)?,
+        bars,
+        &EpochBars::new(training.quiet),
+    )
+    .map_err(zone_error)?;
+
+    eprintln!("8. owner: open the sealed model and evaluate it on the test set");
+    let weights = workdir.join("model.safetensors");
+    let (spec, burnpack, _) = open_model(&ks, model_s)?;
+    let net = spec
+        .from_burnpack::<blindfold_zone::model::Cpu>(&burnpack, &Default::default())
+        .map_err(zone_error)?;
+    io(
+        &weights,
+        fs::write(
+            &weights,
+            &model::to_safetensors(&net, &spec).map_err(zone_error)?[..],
+        ),
+    )?;
+    let eval = evaluate(&weights, data, None, "test").map_err(|e| Error::Bug(e.to_string()))?;
+
+    eprintln!("9. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
     copy_dir(&sealed, &tampered)?;
     let shard = tampered.join(&insp.manifest.splits[0].shards[0].path);
     let mut bytes = io(&shard, fs::read(&shard))?;
@@ -270,7 +276,7 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
     };
     eprintln!("   refused: {refused}");
 
-    eprintln!("8. owner: open the sealed copy and compare with the originals");
+    eprintln!("10. owner: open the sealed copy and compare with the originals");
     let t = Instant::now();
     let files = ds.open_to_dir(&opened, false, bars)?;
     let open_s = t.elapsed().as_secs_f64();
@@ -287,7 +293,7 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
 
     let mb = report.plaintext_bytes as f64 / 1e6;
     println!();
-    println!("blindfold demo: owner and key broker, Fashion-MNIST");
+    println!("blindfold demo: Fashion-MNIST, sealed end to end");
     println!("  dataset id            {}", report.dataset_id);
     println!(
         "  records               {} (train {}, test {})",
@@ -296,33 +302,80 @@ pub fn run(workdir: &Path, data: &Path, bars: &Bars) -> Result<(), Error> {
         insp.manifest.splits.get(1).map_or(0, |s| s.records)
     );
     println!(
-        "  sealed                {:.1} MB in {:.2} s ({} shards, {} chunks, suite {})",
+        "  sealed                {:.1} MB in {:.2} s ({} shards, {} chunks, suite {}); verified in {:.2} s",
         mb,
         seal_s,
         report.shards,
         v.chunks,
-        ds.manifest().suite
+        ds.manifest().suite,
+        verify_s
     );
-    println!("  verified              {:.2} s", verify_s);
     println!(
-        "  opened                {:.2} s, {identical}/{} files byte-identical to the originals",
+        "  model                 {}, {} epoch(s), batch {}, lr {}, seed {}",
+        cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.seed
+    );
+    println!(
+        "  test accuracy         {:.2}% ({} records, owner's evaluation of the opened model)",
+        eval.accuracy * 100.0,
+        eval.records
+    );
+    println!(
+        "  job time sealed       {:.2} s (key {:.3} s, decrypt {:.3} s, train {:.2} s, seal+write {:.3} s)",
+        sealed_run.total_s, sealed_run.key_s, sealed_run.load_s, sealed_run.train_s, sealed_run.output_s
+    );
+    println!(
+        "  job time plaintext    {:.2} s (read {:.3} s, train {:.2} s, seal+write {:.3} s)",
+        plain_run.total_s, plain_run.load_s, plain_run.train_s, plain_run.output_s
+    );
+    println!(
+        "  overhead              {:.3}x (one run each; `blindfold bench train` alternates runs)",
+        sealed_run.total_s / plain_run.total_s
+    );
+    println!(
+        "  same weights          {} (sha256 {})",
+        if sealed_run.weights_sha256 == plain_run.weights_sha256 {
+            "yes, bit-identical"
+        } else {
+            "NO"
+        },
+        &sealed_run.weights_sha256[..16]
+    );
+    println!(
+        "  opened dataset        {:.2} s, {identical}/{} files byte-identical to the originals",
         open_s,
         files.len()
     );
     println!("  tamper test           one flipped byte refused");
     println!(
-        "  key broker            {url} (folder {}), key released to the job in {release_ms:.0} ms",
-        broker_dir.display()
+        "  key broker            {} (folder {})",
+        broker.url,
+        broker.dir.display()
     );
     println!("  policy                sample TEE accepted for job \"demo\": NO hardware root of trust in this demo");
     println!("  key store             {}", home.display());
     println!("  sealed dataset        {}", sealed.display());
+    println!(
+        "  sealed model          {} (model.sealed, metrics.sealed, train.json)",
+        model_dest.display()
+    );
+    println!(
+        "  opened model          {} (safetensors, PyTorch layout)",
+        weights.display()
+    );
     println!("  opened files          {}", opened.display());
     println!("  tampered copy         {}", tampered.display());
     println!(
-        "  not in this build yet training inside the trusted zone; on a real TEE the job would"
+        "  on a real TEE         the job runs in a SEV-SNP or TDX confidential VM, attests with"
     );
-    println!("                        attest with SEV-SNP/TDX evidence (--tee tsm) under a policy naming its measurement");
+    println!("                        hardware evidence (--tee tsm) under a policy naming its measurement,");
+    println!(
+        "                        and the cloud operator could not read the key, records or weights"
+    );
+    if sealed_run.weights_sha256 != plain_run.weights_sha256 {
+        return Err(Error::Bug(
+            "sealed and plaintext training gave different weights".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -4,9 +4,12 @@
 #![forbid(unsafe_code)]
 
 mod bench_broker;
+mod bench_train;
 mod broker;
 mod demo;
+mod local_broker;
 mod progress;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -103,15 +106,67 @@ enum Cmd {
     /// Measure throughput next to the machine's limits.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Train a model inside the trusted zone on a sealed dataset (the cloud's side).
+    ///
+    /// The job proves by attestation to the owner's key broker that it runs the expected
+    /// code, receives the dataset key encrypted to an ephemeral key of its own, checks
+    /// the manifest against the version and digest the owner registered, decrypts the
+    /// records into memory only, trains with Burn on the CPU, and writes the weights and
+    /// metrics sealed to the owner's public key (which the sealed dataset names). Core
+    /// dumps are disabled for the process. A tampered chunk stops the job with an error
+    /// naming the shard and chunk.
+    ///
+    /// With --plaintext INPUT the same pipeline runs on the owner's unsealed files: the
+    /// baseline. Same seed, same data: bit-identical weights.
+    #[command(
+        after_help = "Examples:\n  blindfold train --dataset ./sealed --broker https://broker:8443 --ca-cert broker.pem \\\n      --job fmnist --model cnn --epochs 2 --out ./model\n  blindfold train --plaintext /usr/share/datasets/fashion-mnist --owner-key HEX --model lenet5 --out ./model-plain\n\nExit status 7: the key broker refused the key (policy denial)."
+    )]
+    Train(Box<train::TrainArgs>),
+    /// The owner's side of a trained model.
+    #[command(subcommand)]
+    Model(train::ModelCmd),
+    /// Evaluate opened weights on a plaintext test set: accuracy and confusion matrix.
+    Eval(train::EvalArgs),
     /// Run the whole story on Fashion-MNIST, end to end, in a scratch folder.
     ///
     /// Creates a key store, seals Fashion-MNIST (installing Debian's
-    /// dataset-fashion-mnist package if it is missing and this user may), inspects and
-    /// verifies the sealed copy, starts a local key broker and registers the dataset
-    /// under a policy that accepts the sample TEE (and says so), fetches the key as a
-    /// training job would and opens the dataset with it, shows a tampered shard refused,
-    /// opens the dataset back byte for byte, and prints where every artifact is.
+    /// dataset-fashion-mnist package if it is missing and this user may), verifies the
+    /// sealed copy, starts a local key broker and registers the dataset under a policy
+    /// that accepts the sample TEE (and says so), trains a model as a job in the trusted
+    /// zone would (key by attestation, records decrypted in memory, model sealed to the
+    /// owner), runs the same training on the plaintext files, opens and evaluates the
+    /// model as the owner, shows a tampered shard refused, and prints a table: accuracy,
+    /// time sealed vs plaintext, and where every artifact is.
     Demo(DemoArgs),
+}
+
+/// Why a command failed.
+pub enum Failure {
+    /// An error of the owner's tools or of a job (exit codes 3-6, 70).
+    Owner(Error),
+    /// The key broker refused or could not be reached.
+    Broker(blindfold_attest::Error),
+}
+
+impl From<blindfold_store::Error> for Failure {
+    fn from(e: blindfold_store::Error) -> Self {
+        Failure::Owner(e.into())
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Owner(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Owner(e) => write!(f, "{e}"),
+            Failure::Broker(e) => write!(f, "key broker: {e}"),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -204,6 +259,11 @@ struct VerifyArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Train the same model from sealed and from plaintext Fashion-MNIST, alternating
+    /// runs, each a whole job (key from a local broker, decryption, training, sealed
+    /// outputs). Reports the job times side by side, accuracy, and whether the weights
+    /// are bit-identical. The last line is JSON.
+    Train(bench_train::BenchTrainArgs),
     /// Start a broker on loopback and run N concurrent clients through auth -> attest ->
     /// resource (sample evidence) for S seconds; then repeat while killing the broker
     /// with SIGKILL half-way, restart it, and check the audit log against the releases
@@ -240,6 +300,12 @@ struct DemoArgs {
     /// Where Fashion-MNIST's IDX files are.
     #[arg(long, default_value = demo::FASHION_MNIST)]
     data: PathBuf,
+    /// Model the demo trains.
+    #[arg(long, value_enum, default_value = "lenet5")]
+    model: train::ModelArg,
+    /// Epochs the demo trains (LeNet-5: about 20 s each here).
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
 }
 
 fn exit_code(e: &Error) -> u8 {
@@ -261,9 +327,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Owner(e)) => {
             eprintln!("blindfold: error: {e}");
             ExitCode::from(exit_code(&e))
+        }
+        Err(Failure::Broker(e)) => {
+            eprintln!("blindfold: error: key broker: {e}");
+            ExitCode::from(match e {
+                blindfold_attest::Error::Denied { .. } => 7,
+                blindfold_attest::Error::BadReply(_) => 4,
+                blindfold_attest::Error::Evidence(_) => 3,
+                _ => 6,
+            })
         }
     }
 }
@@ -287,10 +362,21 @@ fn open_keystore(g: &Global) -> Result<KeyStore, Error> {
     KeyStore::open(&home(g), p.as_deref().map(|v| &v[..]))
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<(), Failure> {
     let g = &cli.global;
     let bars = Bars::new(g.quiet);
     match cli.command {
+        Cmd::Train(a) => return train::train(&a, &bars, g.quiet),
+        Cmd::Model(m) => return train::model(&m, &open_keystore(g)?),
+        Cmd::Eval(a) => return train::eval(&a),
+        Cmd::Bench(BenchCmd::Train(a)) => return bench_train::run(&a, &bars, g.quiet),
+        other => run_owner(other, g, &bars)?,
+    }
+    Ok(())
+}
+
+fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Error> {
+    match cmd {
         Cmd::Keys(KeysCmd::Init { passphrase: want }) => {
             let p = if want {
                 Some(passphrase(g)?.ok_or_else(|| {
@@ -361,7 +447,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 update: a.update,
                 ..SealOptions::default()
             };
-            let r = blindfold_owner::seal(&ks, imp, &store, &seal_opts, &bars)?;
+            let r = blindfold_owner::seal(&ks, imp, &store, &seal_opts, bars)?;
             eprintln!(
                 "sealed {} records in {} splits ({}) into {} shards at {}, version {}",
                 r.splits.iter().map(|s| s.1).sum::<u64>(),
@@ -380,7 +466,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Open(a) => {
             let ks = open_keystore(g)?;
             let ds = SealedDataset::open(&ks, Store::open(&a.dest, false)?)?;
-            let files = ds.open_to_dir(&a.out, a.force, &bars)?;
+            let files = ds.open_to_dir(&a.out, a.force, bars)?;
             for f in files {
                 println!("{}", f.display());
             }
@@ -389,7 +475,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Verify(a) => {
             let ks = open_keystore(g)?;
             let ds = SealedDataset::open(&ks, Store::open(&a.dest, false)?)?;
-            let r = ds.verify(&bars)?;
+            let r = ds.verify(bars)?;
             println!(
                 "ok: dataset {} version {}: manifest, {} shards, {} chunks, {} records authenticated",
                 ds.manifest().dataset_id,
@@ -431,8 +517,20 @@ fn run(cli: Cli) -> Result<(), Error> {
                 serde_json::to_string(&r).map_err(|e| Error::Bug(e.to_string()))?
             );
         }
-        Cmd::Demo(a) => demo::run(&a.workdir, &a.data, &bars)?,
+        Cmd::Demo(a) => demo::run(
+            &a.workdir,
+            &a.data,
+            &demo::DemoTraining {
+                model: a.model.into(),
+                epochs: a.epochs,
+                quiet: g.quiet,
+            },
+            bars,
+        )?,
         Cmd::Broker(b) => broker::run(b, || open_keystore(g))?,
+        Cmd::Train(_) | Cmd::Model(_) | Cmd::Eval(_) | Cmd::Bench(BenchCmd::Train(_)) => {
+            unreachable!("dispatched in run")
+        }
     }
     Ok(())
 }
