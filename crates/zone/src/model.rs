@@ -10,7 +10,8 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use burn_store::{
-    BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+    BurnToPyTorchAdapter, BurnpackStore, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    SafetensorsStore,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -198,38 +199,34 @@ impl ModelSpec {
 
     /// A model with the weights in `bytes` (Burnpack, as [`to_burnpack`] writes).
     pub fn from_burnpack<B: Backend>(&self, bytes: &[u8], device: &B::Device) -> Result<Net<B>> {
-        self.check()?;
-        let mut net = {
-            let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
-            self.build::<B>(device)
-        };
         let mut store =
             BurnpackStore::from_bytes(Some(burn::tensor::Bytes::from_bytes_vec(bytes.to_vec())));
-        let r = net
-            .load_from(&mut store)
-            .map_err(|e| Error::BadInput(format!("model weights do not load: {e}")))?;
-        if !r.missing.is_empty() || !r.errors.is_empty() {
-            return Err(Error::BadInput(format!(
-                "model weights do not match a {} for this input: missing {:?}, errors {:?}",
-                self.arch, r.missing, r.errors
-            )));
-        }
-        Ok(net)
+        self.load(&mut store, device)
     }
 
     /// A model with the weights of a PyTorch-layout safetensors file (as
     /// [`to_safetensors`] writes).
     pub fn from_safetensors<B: Backend>(&self, bytes: &[u8], device: &B::Device) -> Result<Net<B>> {
+        let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .skip_enum_variants(true);
+        self.load(&mut store, device)
+    }
+
+    /// Builds the model and loads every parameter from `store`: a missing or misshapen
+    /// tensor (weights of another architecture or input) is an error, never a default.
+    fn load<B: Backend, S: ModuleStore>(
+        &self,
+        store: &mut S,
+        device: &B::Device,
+    ) -> Result<Net<B>> {
         self.check()?;
         let mut net = {
             let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
             self.build::<B>(device)
         };
-        let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
-            .with_from_adapter(PyTorchToBurnAdapter)
-            .skip_enum_variants(true);
         let r = net
-            .load_from(&mut store)
+            .load_from(store)
             .map_err(|e| Error::BadInput(format!("model weights do not load: {e}")))?;
         if !r.missing.is_empty() || !r.errors.is_empty() {
             return Err(Error::BadInput(format!(
