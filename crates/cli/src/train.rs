@@ -290,7 +290,6 @@ fn owner_key(hex_key: &str) -> Result<[u8; 32], Error> {
 pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
     let cfg = config(a)?;
     job::harden_process().map_err(zone)?;
-    let out = Store::open(&a.out, true)?;
     let splits = Splits {
         train: a.train_split.clone(),
         test: a.test_split.clone(),
@@ -340,6 +339,7 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
         }
         _ => unreachable!("clap requires exactly one of --dataset and --plaintext"),
     };
+    let out = Store::open(&a.out, true)?;
     let (report, _trained) =
         job::run(source, &splits, &cfg, &out, bars, &EpochBars::new(quiet)).map_err(zone)?;
     eprintln!(

@@ -79,6 +79,7 @@ fn help_texts() {
         insta::assert_snapshot!("help", e.run(&["--help"], 0));
         insta::assert_snapshot!("seal_help", e.run(&["seal", "--help"], 0));
         insta::assert_snapshot!("keys_init_help", e.run(&["keys", "init", "--help"], 0));
+        insta::assert_snapshot!("train_help", e.run(&["train", "--help"], 0));
     });
 }
 
@@ -234,6 +235,11 @@ fn demo_on_fashion_mnist() {
     );
     assert!(out.contains("70000 (train 60000, test 10000)"), "{out}");
     assert!(out.contains("one flipped byte refused"), "{out}");
+    assert!(
+        out.contains("same weights          yes, bit-identical"),
+        "{out}"
+    );
+    assert!(out.contains("test accuracy"), "{out}");
     // A second run replaces its own previous workdir; a foreign folder is refused.
     e.run(&["demo", "--workdir", "demo"], 0);
     fs::create_dir_all(e.path().join("mine")).unwrap();
@@ -326,6 +332,95 @@ fn broker_commands_over_tls() {
     );
     let out = fetch("mlp", 3);
     assert!(out.contains("PolicyDenied") && out.contains("job"), "{out}");
+
+    // A training job through the same broker: the key by attestation, outputs sealed to
+    // the owner; its temporary folder is scanned for plaintext records afterwards.
+    let tmp = e.path().join("job-tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    let train = |job: &str, out: &str, code: i32| {
+        let o = Command::cargo_bin("blindfold")
+            .unwrap()
+            .current_dir(e.path())
+            .env("TMPDIR", &tmp)
+            .env_remove("BLINDFOLD_HOME")
+            .args([
+                "train",
+                "--dataset",
+                "sealed",
+                "--broker",
+                &url,
+                "--ca-cert",
+                "brk/tls-cert.pem",
+                "--tee",
+                "sample",
+                "--job",
+                job,
+                "--model",
+                "mlp",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "4",
+                "--out",
+                out,
+                "--quiet",
+            ])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(o.status.code(), Some(code), "{text}");
+        text
+    };
+    let out = train("cnn", "model", 0);
+    assert!(out.contains("trained mlp (sealed)"), "{out}");
+    assert!(
+        !out.contains("epoch 1:"),
+        "--quiet withholds per-epoch figures: {out}"
+    );
+    let out = train("mlp", "model-denied", 7);
+    assert!(out.contains("PolicyDenied"), "{out}");
+    assert!(!e.path().join("model-denied/model.sealed").exists());
+    // The first training record (bytes 0..9 of the images) appears nowhere the job wrote.
+    let record: Vec<u8> = (0..9).collect();
+    for dir in ["model", "sealed", "job-tmp"] {
+        let mut stack = vec![e.path().join(dir)];
+        while let Some(d) = stack.pop() {
+            for f in fs::read_dir(&d).unwrap().flatten() {
+                if f.path().is_dir() {
+                    stack.push(f.path());
+                } else {
+                    let b = fs::read(f.path()).unwrap();
+                    assert!(
+                        !b.windows(9).any(|w| w == record.as_slice()),
+                        "plaintext record in {}",
+                        f.path().display()
+                    );
+                }
+            }
+        }
+    }
+    let out = e.run(
+        &["model", "open", "model", "--out", "weights.safetensors"],
+        0,
+    );
+    assert!(out.contains("mlp for input [1, 3, 3], 10 classes"), "{out}");
+    assert!(out.contains("\"weights_sha256\""), "{out}");
+    e.run(
+        &["model", "open", "model", "--out", "weights.safetensors"],
+        3,
+    );
+    let out = e.run(
+        &["eval", "--model", "weights.safetensors", "--test", "fm"],
+        0,
+    );
+    assert!(out.contains("mlp on 5 records of fm: accuracy"), "{out}");
+    assert!(out.contains("confusion matrix"), "{out}");
+    let out = e.run(&["train", "--plaintext", "fm", "--out", "m2", "--quiet"], 3);
+    assert!(out.contains("--owner-key"), "{out}");
     e.run(
         &[
             "broker",
@@ -342,7 +437,7 @@ fn broker_commands_over_tls() {
     let _ = server.kill();
     let _ = server.wait();
     let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 0);
-    assert!(out.contains("audit chain intact: 8 entries"), "{out}");
+    assert!(out.contains("audit chain intact: 12 entries"), "{out}");
     let c = rusqlite::Connection::open(e.path().join("brk/broker.db")).unwrap();
     c.execute(
         "UPDATE audit SET entry = replace(entry, '\"denied\"', '\"granted\"') WHERE seq = 5",
