@@ -188,6 +188,9 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
             "sealed_acc": sealed_acc,
             "plaintext_acc": plaintext_acc,
             "identical_weights": identical,
+            "key_and_decrypt_s": median(&mut sealed_runs.iter().map(|r| r.key_s + r.load_s).collect::<Vec<_>>()),
+            "plaintext_read_s": median(&mut plain_runs.iter().map(|r| r.load_s).collect::<Vec<_>>()),
+            "runs_per_side": sealed_runs.len(),
         })
     );
     Ok(())

@@ -218,11 +218,14 @@ fn main() {
                 br#"{"importer":"raw","file":"x"}"#,
             )
             .unwrap();
-            std::fs::write(corpus.join("manifest").join("one-split"), &m).unwrap();
-            let mut t = m.clone();
-            let n = t.len();
-            t[n - 1] ^= 1;
-            std::fs::write(corpus.join("manifest").join("bad-tag"), &t).unwrap();
+            // The metadata nonce is random: keep committed manifest seeds as they are.
+            if !corpus.join("manifest").join("one-split").exists() {
+                std::fs::write(corpus.join("manifest").join("one-split"), &m).unwrap();
+                let mut t = m.clone();
+                let n = t.len();
+                t[n - 1] ^= 1;
+                std::fs::write(corpus.join("manifest").join("bad-tag"), &t).unwrap();
+            }
         }
         println!("wrote {}.vec", v.name);
     }
@@ -230,6 +233,25 @@ fn main() {
     let mut idx = vec![0u8, 0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
     idx.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
     std::fs::write(corpus.join("importers").join("idx-u8"), &idx).unwrap();
+    // A sealed output (HPKE is randomized: written only when absent, so that rerunning
+    // this program leaves the committed files unchanged).
+    let out_seed = corpus.join("output").join("model");
+    if !out_seed.exists() {
+        std::fs::create_dir_all(corpus.join("output")).unwrap();
+        let header = blindfold_format::OutputHeader::new(
+            "model",
+            "burnpack",
+            serde_json::json!({"model": "lenet5", "classes": 10}),
+        );
+        let sealed = blindfold_format::seal_output(
+            &blindfold_format::fuzz::fuzz_output_public(),
+            &header,
+            b"fuzz seed weights",
+            "seed",
+        )
+        .unwrap();
+        std::fs::write(out_seed, sealed).unwrap();
+    }
     let mut npy = vec![1u8];
     npy.extend_from_slice(b"\x93NUMPY\x01\x00");
     let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }          \n";

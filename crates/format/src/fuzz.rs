@@ -1,7 +1,7 @@
 //! Entry points shared by the fuzz targets (`fuzz/`) and the corpus replay tests, so
 //! that CI runs exactly what the fuzzer runs. Each must never panic, whatever the input.
 
-use crate::{open_shard, DatasetKey, Manifest, ShardHeader};
+use crate::{open_output, open_shard, output_header_unverified, DatasetKey, Manifest, ShardHeader};
 
 /// The key the fuzz corpus's valid shards and manifests are sealed under.
 pub const FUZZ_KEY: [u8; 32] = [0x42; 32];
@@ -35,6 +35,30 @@ pub fn shard_open(data: &[u8]) {
         assert_eq!(
             plain.len() as u64,
             h.params.record_count * h.params.schema.record_size() as u64
+        );
+    }
+}
+
+/// The X25519 public key whose secret key is [`FUZZ_KEY`]: the corpus's sealed outputs
+/// are sealed to it.
+pub fn fuzz_output_public() -> Vec<u8> {
+    use hpke::{Deserializable, Kem, Serializable};
+    let sk = <hpke::kem::X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(&FUZZ_KEY)
+        .expect("32 bytes are an X25519 secret key");
+    <hpke::kem::X25519HkdfSha256 as Kem>::sk_to_pk(&sk)
+        .to_bytes()
+        .to_vec()
+}
+
+/// Parses a sealed output's header, then opens it with [`FUZZ_KEY`] as the recipient's
+/// secret key.
+pub fn output(data: &[u8]) {
+    let header = output_header_unverified(data, "fuzz");
+    if let Ok((h, _plain)) = open_output(&FUZZ_KEY, data, "fuzz") {
+        assert_eq!(
+            Some(h),
+            header.ok(),
+            "an output that opens has a parseable header"
         );
     }
 }

@@ -45,3 +45,11 @@ fn shard_open_corpus() {
 fn manifest_corpus() {
     replay("manifest", blindfold_format::fuzz::manifest);
 }
+
+#[test]
+fn output_corpus() {
+    replay("output", blindfold_format::fuzz::output);
+    // The committed seed still opens (the corpus is not stale).
+    let seed = &corpus("output")[0];
+    assert!(blindfold_format::open_output(&blindfold_format::fuzz::FUZZ_KEY, seed, "seed").is_ok());
+}
