@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use blindfold_attest::{EvidenceSource, FetchOptions};
-use blindfold_owner::import::{Format, ImportOptions};
+use blindfold_owner::import::{Format, ImportOptions, OutputSet};
 use blindfold_owner::{Error, KeyStore};
 use blindfold_store::Store;
 use blindfold_zone::data::{Dataset, Splits};
@@ -422,7 +422,19 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
             model::to_safetensors(&net, &spec).map_err(zone)?
         }
     };
-    write_private(out, &bytes)?;
+    // Through the owner's output set: a temporary file (0600) synced, then renamed.
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::BadInput(format!("{}: not a file name", out.display())))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut set = OutputSet::new(dir, *force)?;
+    let h = set.create(name)?;
+    set.write(h, &bytes)?;
+    set.commit()?;
     eprintln!(
         "{}: {} for input {:?}, {} classes",
         out.display(),
@@ -443,24 +455,6 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
             serde_json::to_string(&m).map_err(|e| Error::Bug(e.to_string()))?
         );
     }
-    Ok(())
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder, mode 0600.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let io = |e: std::io::Error| Error::BadInput(format!("{}: {e}", path.display()));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".blindfold-tmp-")
-        .tempfile_in(dir)
-        .map_err(io)?;
-    tmp.write_all(bytes).map_err(io)?;
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(())
 }
 

@@ -135,16 +135,16 @@ pub fn train(data: &Dataset, cfg: &TrainConfig, progress: &dyn TrainProgress) ->
     train_on::<CpuTrain>(data, cfg, &Default::default(), progress)
 }
 
-fn tensors<B: Backend>(
-    b: &Batch,
-    input: [usize; 3],
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 1, Int>) {
-    let n = b.len();
+fn features<B: Backend>(b: &Batch, input: [usize; 3], device: &B::Device) -> Tensor<B, 4> {
     let [c, h, w] = input;
-    let x = Tensor::<B, 4>::from_data(TensorData::new(b.features.clone(), [n, c, h, w]), device);
-    let y = Tensor::<B, 1, Int>::from_data(TensorData::new(b.labels.clone(), [n]), device);
-    (x, y)
+    Tensor::<B, 4>::from_data(
+        TensorData::new(b.features.clone(), [b.len(), c, h, w]),
+        device,
+    )
+}
+
+fn labels<B: Backend>(b: &Batch, device: &B::Device) -> Tensor<B, 1, Int> {
+    Tensor::<B, 1, Int>::from_data(TensorData::new(b.labels.clone(), [b.len()]), device)
 }
 
 fn correct<B: Backend>(logits: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> usize {
@@ -167,8 +167,10 @@ pub fn evaluate<B: Backend>(
     let order: Vec<u32> = (0..split.count as u32).collect();
     let mut right = 0usize;
     split.for_each_batch(data_schema, &order, EVAL_BATCH, 2, |b| {
-        let (x, y) = tensors::<B>(&b, spec.input, device);
-        let pred = net.forward(x).argmax(1).reshape([b.len()]);
+        let pred = net
+            .forward(features::<B>(&b, spec.input, device))
+            .argmax(1)
+            .reshape([b.len()]);
         let pred: Vec<i64> = pred
             .into_data()
             .convert::<i64>()
@@ -182,7 +184,6 @@ pub fn evaluate<B: Backend>(
                 row[p as usize] += 1;
             }
         }
-        drop(y);
         Ok::<_, Error>(())
     })?;
     Ok((right as f64 / split.count.max(1) as f64, confusion))
@@ -216,7 +217,10 @@ pub fn train_on<B: AutodiffBackend>(
         data.train
             .for_each_batch(&data.schema, &order, cfg.batch_size, PREFETCH, |b| {
                 let n = b.len();
-                let (x, y) = tensors::<B>(&b, spec.input, device);
+                let (x, y) = (
+                    features::<B>(&b, spec.input, device),
+                    labels::<B>(&b, device),
+                );
                 drop(b);
                 let m = net.take().ok_or_else(|| Error::Bug("model lost".into()))?;
                 let logits = m.forward(x);
