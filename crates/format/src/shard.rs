@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Object, Result};
 use crate::keys::{
-    commitment, ct_eq, random_bytes, sha256, AeadKey, DatasetId, DatasetKey, MacKey, Suite,
+    commitment, ct_eq, hkdf32, random_bytes, sha256, AeadKey, DatasetId, DatasetKey, MacKey, Suite,
     COMMITMENT_LEN, DATASET_ID_LEN, LABEL_SHARD_HEADER, LABEL_SHARD_PAYLOAD, MAC_LEN,
     NONCE_PREFIX_LEN, SALT_LEN, TAG_LEN,
 };
@@ -96,6 +96,11 @@ impl ShardHeader {
         self.header_len as u64
             + self.params.record_count * self.params.schema.record_size() as u64
             + self.chunk_count() * TAG_LEN as u64
+    }
+
+    /// The AEAD nonce of chunk `i` (§5.2): nonce prefix, chunk counter, last-chunk flag.
+    pub fn chunk_nonce(&self, i: u64) -> [u8; 12] {
+        self.nonce(i)
     }
 
     fn nonce(&self, i: u64) -> [u8; 12] {
@@ -500,6 +505,24 @@ impl ShardOpener {
         }
         let n = buf.len() - TAG_LEN;
         Ok(&mut buf[..n])
+    }
+
+    /// The raw payload key of this shard (§4), for a decryptor that is not this crate's:
+    /// the device kernel in `blindfold-gpu`. The caller must keep it in zeroizing memory
+    /// and drop it as soon as it has been handed over. `key` must be the key this opener
+    /// was made with (the commitment is checked again).
+    pub fn danger_payload_key(&self, key: &DatasetKey) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+        let expected = commitment(key, &self.header.params.dataset_id)?;
+        if !ct_eq(&expected, &self.header.commitment) {
+            return Err(Error::WrongKey {
+                object: self.header.object(),
+            });
+        }
+        hkdf32(
+            &self.header.salt,
+            key.expose_secret(),
+            &[LABEL_SHARD_PAYLOAD, &[self.header.params.suite.code()]],
+        )
     }
 
     /// Checks that a whole shard object has exactly the length its header implies.

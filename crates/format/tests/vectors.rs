@@ -223,3 +223,50 @@ fn sealing_is_deterministic_given_the_randomness() {
         assert_eq!(again, v.shard, "{}", v.name);
     }
 }
+
+/// What the device path takes from the reader (payload key, chunk nonces, header
+/// digest) opens every chunk of the "ok" vectors with RustCrypto, so a decryptor outside
+/// this crate sees the same keys and nonces the spec defines.
+#[test]
+fn exported_payload_keys_and_nonces_open_the_vectors() {
+    let mut checked = 0;
+    for v in load() {
+        if v.fields["expect"].as_str() != "ok" {
+            continue;
+        }
+        let key = bf::DatasetKey::from_slice(&hexf(&v, "open_key")).unwrap();
+        let opener = bf::ShardOpener::new(&key, &v.shard).unwrap();
+        let pk = opener.danger_payload_key(&key).unwrap();
+        let h = opener.header().clone();
+        let mut out = Vec::new();
+        for i in 0..h.chunk_count() {
+            let r = h.chunk_range(i);
+            let payload = Payload {
+                msg: &v.shard[r.start as usize..r.end as usize],
+                aad: &opener.header_digest(),
+            };
+            let nonce = h.chunk_nonce(i);
+            let pt = match h.params.suite {
+                bf::Suite::Aes256Gcm => aes_gcm::Aes256Gcm::new_from_slice(&pk[..])
+                    .unwrap()
+                    .decrypt(nonce.as_slice().into(), payload),
+                bf::Suite::ChaCha20Poly1305 => {
+                    chacha20poly1305::ChaCha20Poly1305::new_from_slice(&pk[..])
+                        .unwrap()
+                        .decrypt(nonce.as_slice().into(), payload)
+                }
+            }
+            .unwrap_or_else(|_| panic!("{}: chunk {i}", v.name));
+            out.extend_from_slice(&pt);
+        }
+        assert_eq!(out, hexf(&v, "plaintext"), "{}", v.name);
+        // Another dataset key is refused, not turned into a wrong payload key.
+        let other = bf::DatasetKey::from_bytes([9; 32]);
+        assert!(matches!(
+            opener.danger_payload_key(&other),
+            Err(bf::Error::WrongKey { .. })
+        ));
+        checked += 1;
+    }
+    assert!(checked >= 2, "{checked} ok vectors");
+}
