@@ -30,6 +30,30 @@ pub struct Expected {
     pub manifest_sha256: [u8; 32],
 }
 
+/// One shard of a sealed dataset as [`SealedDataset::for_each_sealed_shard`] hands it
+/// over: ciphertext, with what a decryptor needs to open its chunks.
+pub struct SealedShard {
+    /// Where the shard is (for errors).
+    pub at: String,
+    /// Its authenticated header.
+    pub header: blindfold_format::ShardHeader,
+    /// SHA-256 of the header: every chunk's associated data.
+    pub digest: [u8; 32],
+    /// The shard's payload key (zeroized on drop).
+    pub payload_key: Zeroizing<[u8; 32]>,
+    /// The whole shard object (header and sealed chunks).
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedShard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedShard")
+            .field("at", &self.at)
+            .field("bytes", &self.bytes.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A sealed dataset opened with its key; its manifest is authenticated.
 pub struct SealedDataset {
     store: Store,
@@ -200,6 +224,45 @@ impl SealedDataset {
             .map_err(|e| Error::sealed(&at, e))?;
         opener.check_len(size).map_err(|e| Error::sealed(&at, e))?;
         Ok(opener)
+    }
+
+    /// Hands `f` every shard of `split`, in order, still sealed: its authenticated
+    /// header (checked against the manifest and the object's size), header digest, raw
+    /// payload key and whole object bytes. Nothing is decrypted here: this feeds a
+    /// decryptor elsewhere (the device kernel), which must check every chunk's tag.
+    pub fn for_each_sealed_shard(
+        &self,
+        split: &Split,
+        mut f: impl FnMut(SealedShard) -> Result<()>,
+    ) -> Result<()> {
+        for entry in &split.shards {
+            let opener = self.open_shard(split, entry)?;
+            let at = self.at(&entry.path);
+            let payload_key = opener
+                .danger_payload_key(&self.key)
+                .map_err(|e| Error::sealed(&at, e))?;
+            let size = opener.header().shard_len();
+            let mut bytes = Vec::new();
+            self.store
+                .get_range_into(&entry.path, 0..size, &mut bytes)?;
+            if bytes.len() as u64 != size {
+                return Err(Error::sealed(
+                    &at,
+                    blindfold_format::Error::Length {
+                        object: opener.header().object(),
+                        what: format!("{} bytes read, header says {size}", bytes.len()),
+                    },
+                ));
+            }
+            f(SealedShard {
+                at,
+                header: opener.header().clone(),
+                digest: opener.header_digest(),
+                payload_key,
+                bytes,
+            })?;
+        }
+        Ok(())
     }
 
     /// Streams the plaintext of every record of `split`, chunk by chunk, in order. `f`

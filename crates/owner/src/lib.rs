@@ -12,7 +12,7 @@ pub mod import;
 pub mod keystore;
 pub mod seal;
 
-pub use dataset::{inspect, Expected, Inspection, SealedDataset, VerifyReport};
+pub use dataset::{inspect, Expected, Inspection, SealedDataset, SealedShard, VerifyReport};
 pub use error::{Error, Result};
 pub use keystore::{default_home, KeyStore};
 pub use seal::{seal, SealOptions, SealReport};

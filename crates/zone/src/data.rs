@@ -31,6 +31,13 @@ pub struct SplitRecords {
     pub count: usize,
 }
 
+impl SplitRecords {
+    /// The records, back to back.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 impl std::fmt::Debug for SplitRecords {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SplitRecords({}, {} records)", self.name, self.count)

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::data::{Dataset, Splits};
+use crate::device::{self, DeviceKind, DeviceSource};
 use crate::error::{Error, Result};
 use crate::train::{self, TrainConfig, TrainProgress, Trained};
 
@@ -112,7 +113,7 @@ pub fn run(
         )));
     }
     let start = Instant::now();
-    let (data, owner_public, facts, mode, key_s, load_s) = match source {
+    let (trained, data_sha256, owner_public, facts, mode, key_s, load_s) = match source {
         Source::Sealed {
             dataset,
             broker,
@@ -139,20 +140,40 @@ pub fn run(
                 }),
             )?;
             let owner_public = ds.owner_public()?;
-            let data = Dataset::from_sealed(&ds, splits, load_progress)?;
             let facts = json!({
                 "dataset_id": ds.manifest().dataset_id.to_hex(),
                 "version": ds.manifest().version,
                 "manifest_sha256": hex::encode(ds.manifest_sha256()),
             });
-            (
-                data,
-                owner_public,
-                facts,
-                "sealed",
-                key_s,
-                t.elapsed().as_secs_f64(),
-            )
+            if cfg.device == DeviceKind::Cpu {
+                let data = Dataset::from_sealed(&ds, splits, load_progress)?;
+                let load_s = t.elapsed().as_secs_f64();
+                let digest = hex::encode(data.digest());
+                let trained = train::train(&data, cfg, progress)?;
+                (
+                    trained,
+                    digest,
+                    owner_public,
+                    facts,
+                    "sealed",
+                    key_s,
+                    load_s,
+                )
+            } else {
+                // Records are decrypted on the device; the host never holds them, so
+                // there is no record digest to report.
+                let (trained, load_s) =
+                    device::train(cfg.device, DeviceSource::Sealed(&ds), splits, cfg, progress)?;
+                (
+                    trained,
+                    String::new(),
+                    owner_public,
+                    facts,
+                    "sealed",
+                    key_s,
+                    load_s,
+                )
+            }
         }
         Source::Plaintext {
             import,
@@ -162,17 +183,28 @@ pub fn run(
             let t = Instant::now();
             let data = Dataset::from_import(import, splits, load_progress)?;
             let facts = json!({ "plaintext_input": input });
+            let digest = hex::encode(data.digest());
+            let (trained, load_s) = if cfg.device == DeviceKind::Cpu {
+                let load_s = t.elapsed().as_secs_f64();
+                (train::train(&data, cfg, progress)?, load_s)
+            } else {
+                // Read from files, then uploaded to the device: both count as loading.
+                let read_s = t.elapsed().as_secs_f64();
+                let (trained, upload_s) =
+                    device::train(cfg.device, DeviceSource::Host(&data), splits, cfg, progress)?;
+                (trained, read_s + upload_s)
+            };
             (
-                data,
+                trained,
+                digest,
                 owner_public,
                 facts,
                 "plaintext",
                 0.0,
-                t.elapsed().as_secs_f64(),
+                load_s,
             )
         }
     };
-    let trained = train::train(&data, cfg, progress)?;
     let t = Instant::now();
     let outputs = write_outputs(out, &owner_public, cfg, &trained, &facts)?;
     let output_s = t.elapsed().as_secs_f64();
@@ -190,7 +222,7 @@ pub fn run(
         total_s: start.elapsed().as_secs_f64(),
         epochs: trained.epochs.clone(),
         weights_sha256: hex::encode(trained.weights_sha256),
-        data_sha256: hex::encode(data.digest()),
+        data_sha256,
         outputs,
     };
     Ok((report, trained))

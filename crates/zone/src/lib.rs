@@ -8,10 +8,12 @@
 //! - [`data`]: records in memory, shuffling, the batch prefetch pipeline.
 //! - [`model`]: the MLP, LeNet-5 and CNN; weights as Burnpack and safetensors.
 //! - [`train`]: the training loop and evaluation.
+//! - [`device`]: where training runs; the GPU path decrypts records in device memory.
 //! - [`job`]: a whole job from key to sealed outputs; process hardening.
 #![forbid(unsafe_code)]
 
 pub mod data;
+pub mod device;
 mod error;
 pub mod job;
 pub mod model;

@@ -15,7 +15,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::data::{epoch_order, Batch, Dataset, SplitRecords};
+use crate::data::{epoch_order, Batch, Dataset};
 use crate::error::{Error, Result};
 use crate::model::{self, Arch, ModelSpec, Net};
 
@@ -38,6 +38,9 @@ pub struct TrainConfig {
     pub lr: f64,
     /// Fixes the initial weights and every epoch's record order.
     pub seed: u64,
+    /// Where to train (and, for a sealed dataset, where records are decrypted).
+    #[serde(default)]
+    pub device: crate::device::DeviceKind,
 }
 
 impl Default for TrainConfig {
@@ -48,6 +51,7 @@ impl Default for TrainConfig {
             batch_size: 64,
             lr: 1e-3,
             seed: 42,
+            device: crate::device::DeviceKind::Cpu,
         }
     }
 }
@@ -60,6 +64,12 @@ impl TrainConfig {
         }
         if self.batch_size == 0 || self.batch_size > 65_536 {
             return Err(Error::BadInput("batch size must be 1 to 65536".into()));
+        }
+        if !self.device.available() {
+            return Err(Error::BadInput(format!(
+                "this binary was built without the {0} backend: rebuild with `--features {0}`",
+                self.device.name()
+            )));
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 10.0) {
             return Err(Error::BadInput(
@@ -135,6 +145,71 @@ pub fn train(data: &Dataset, cfg: &TrainConfig, progress: &dyn TrainProgress) ->
     train_on::<CpuTrain>(data, cfg, &Default::default(), progress)
 }
 
+/// Where a job's batches come from: records in host memory ([`Dataset`], the CPU path)
+/// or in device memory (the GPU path, `crate::device`). `B` is the backend the tensors
+/// are made on (for training, the inner backend of the autodiff one).
+pub trait Feed<B: Backend> {
+    /// Records in the training split.
+    fn train_len(&self) -> usize;
+    /// Records in the test split, if there is one.
+    fn test_len(&self) -> Option<usize>;
+    /// Shape of one record as (channels, height, width).
+    fn input_shape(&self) -> [usize; 3];
+    /// Number of classes.
+    fn classes(&self) -> usize;
+    /// Calls `f(features [n, c, h, w], labels [n])` for each run of `batch_size`
+    /// records of `order`, from the test split when `test`, else the training split.
+    fn for_each_batch(
+        &self,
+        test: bool,
+        order: &[u32],
+        batch_size: usize,
+        device: &B::Device,
+        f: &mut dyn FnMut(Tensor<B, 4>, Tensor<B, 1, Int>) -> Result<()>,
+    ) -> Result<()>;
+}
+
+impl<B: Backend> Feed<B> for Dataset {
+    fn train_len(&self) -> usize {
+        self.train.count
+    }
+
+    fn test_len(&self) -> Option<usize> {
+        self.test.as_ref().map(|t| t.count)
+    }
+
+    fn input_shape(&self) -> [usize; 3] {
+        Dataset::input_shape(self)
+    }
+
+    fn classes(&self) -> usize {
+        self.classes
+    }
+
+    fn for_each_batch(
+        &self,
+        test: bool,
+        order: &[u32],
+        batch_size: usize,
+        device: &B::Device,
+        f: &mut dyn FnMut(Tensor<B, 4>, Tensor<B, 1, Int>) -> Result<()>,
+    ) -> Result<()> {
+        let split = if test {
+            self.test
+                .as_ref()
+                .ok_or_else(|| Error::Bug("no test split".into()))?
+        } else {
+            &self.train
+        };
+        let input = Dataset::input_shape(self);
+        split.for_each_batch(&self.schema, order, batch_size, PREFETCH, |b| {
+            let (x, y) = (features::<B>(&b, input, device), labels::<B>(&b, device));
+            drop(b);
+            f(x, y)
+        })
+    }
+}
+
 fn features<B: Backend>(b: &Batch, input: [usize; 3], device: &B::Device) -> Tensor<B, 4> {
     let [c, h, w] = input;
     Tensor::<B, 4>::from_data(
@@ -153,45 +228,64 @@ fn correct<B: Backend>(logits: Tensor<B, 2>, y: Tensor<B, 1, Int>) -> usize {
     pred.equal(y).int().sum().into_scalar().elem::<i64>() as usize
 }
 
-/// Accuracy of `net` on `split`, and the confusion matrix (rows: true class, columns:
-/// predicted).
-pub fn evaluate<B: Backend>(
+/// Accuracy and confusion matrix of `net` on a split of `feed` (the test split when
+/// `test`). Counts are accumulated on the backend's device; only the `k × k` totals
+/// leave it.
+pub fn evaluate_feed<B: Backend>(
     net: &Net<B>,
-    data_schema: &blindfold_format::Schema,
-    split: &SplitRecords,
+    feed: &dyn Feed<B>,
+    test: bool,
     spec: &ModelSpec,
     device: &B::Device,
 ) -> Result<(f64, Vec<Vec<u64>>)> {
     let k = spec.classes;
-    let mut confusion = vec![vec![0u64; k]; k];
-    let order: Vec<u32> = (0..split.count as u32).collect();
-    let mut right = 0usize;
-    split.for_each_batch(data_schema, &order, EVAL_BATCH, 2, |b| {
-        let pred = net
-            .forward(features::<B>(&b, spec.input, device))
-            .argmax(1)
-            .reshape([b.len()]);
-        let pred: Vec<i64> = pred
-            .into_data()
-            .convert::<i64>()
-            .to_vec()
-            .map_err(|e| Error::Bug(format!("predictions: {e:?}")))?;
-        for (&p, &t) in pred.iter().zip(&b.labels) {
-            if p == t {
-                right += 1;
-            }
-            if let (Some(row), true) = (confusion.get_mut(t as usize), (p as usize) < k) {
-                row[p as usize] += 1;
-            }
-        }
-        Ok::<_, Error>(())
+    let count = if test {
+        feed.test_len().unwrap_or(0)
+    } else {
+        feed.train_len()
+    };
+    let order: Vec<u32> = (0..count as u32).collect();
+    let mut counts = Tensor::<B, 1, Int>::zeros([k * k], device);
+    feed.for_each_batch(test, &order, EVAL_BATCH, device, &mut |x, y| {
+        let n = y.dims()[0];
+        let pred = net.forward(x).argmax(1).reshape([n]);
+        // Cell (true, predicted) of the matrix; a label outside the model's classes
+        // was refused when the data was loaded.
+        let cell = y.clamp(0, k as i64 - 1) * (k as i64) + pred;
+        counts = counts.clone().scatter(
+            0,
+            cell,
+            Tensor::<B, 1, Int>::ones([n], device),
+            burn::tensor::IndexingUpdateOp::Add,
+        );
+        Ok(())
     })?;
-    Ok((right as f64 / split.count.max(1) as f64, confusion))
+    let flat: Vec<i64> = counts
+        .into_data()
+        .convert::<i64>()
+        .to_vec()
+        .map_err(|e| Error::Bug(format!("confusion counts: {e:?}")))?;
+    let confusion: Vec<Vec<u64>> = flat
+        .chunks(k.max(1))
+        .map(|row| row.iter().map(|&v| v.max(0) as u64).collect())
+        .collect();
+    let right: u64 = (0..k).map(|i| confusion[i][i]).sum();
+    Ok((right as f64 / count.max(1) as f64, confusion))
 }
 
-/// Trains on any autodiff backend.
+/// Trains on any autodiff backend, from records in host memory.
 pub fn train_on<B: AutodiffBackend>(
     data: &Dataset,
+    cfg: &TrainConfig,
+    device: &B::Device,
+    progress: &dyn TrainProgress,
+) -> Result<Trained> {
+    train_feed::<B>(data, cfg, device, progress)
+}
+
+/// Trains on any autodiff backend, from any [`Feed`].
+pub fn train_feed<B: AutodiffBackend>(
+    data: &dyn Feed<B::InnerBackend>,
     cfg: &TrainConfig,
     device: &B::Device,
     progress: &dyn TrainProgress,
@@ -200,7 +294,7 @@ pub fn train_on<B: AutodiffBackend>(
     let spec = ModelSpec {
         arch: cfg.model,
         input: data.input_shape(),
-        classes: data.classes,
+        classes: data.classes(),
     };
     // An Option, so that each step can hand the model to the optimizer by value (no
     // second reference: the optimizer may then update parameters in place).
@@ -210,47 +304,45 @@ pub fn train_on<B: AutodiffBackend>(
     let started = Instant::now();
     let mut epochs = Vec::with_capacity(cfg.epochs);
     for epoch in 1..=cfg.epochs {
-        let order = epoch_order(data.train.count, cfg.seed, epoch as u64);
-        progress.epoch_start(epoch, data.train.count as u64);
+        let order = epoch_order(data.train_len(), cfg.seed, epoch as u64);
+        progress.epoch_start(epoch, data.train_len() as u64);
         let t = Instant::now();
         let (mut loss_sum, mut right, mut done) = (0f64, 0usize, 0usize);
-        data.train
-            .for_each_batch(&data.schema, &order, cfg.batch_size, PREFETCH, |b| {
-                let n = b.len();
-                let (x, y) = (
-                    features::<B>(&b, spec.input, device),
-                    labels::<B>(&b, device),
-                );
-                drop(b);
-                let m = net.take().ok_or_else(|| Error::Bug("model lost".into()))?;
-                let logits = m.forward(x);
-                let loss = loss_fn.forward(logits.clone(), y.clone());
-                let l = loss.clone().into_scalar().elem::<f64>();
-                if !l.is_finite() {
-                    return Err(Error::BadInput(format!(
-                        "training diverged in epoch {epoch} (loss {l}): lower the learning rate"
-                    )));
-                }
-                right += correct(logits.detach(), y);
-                let grads = GradientsParams::from_grads(loss.backward(), &m);
-                net = Some(optim.step(cfg.lr, m, grads));
-                loss_sum += l * n as f64;
-                done += n;
-                let secs = t.elapsed().as_secs_f64().max(1e-9);
-                progress.step(
-                    done as u64,
-                    loss_sum / done as f64,
-                    right as f64 / done as f64,
-                    done as f64 / secs,
-                );
-                Ok(())
-            })?;
+        data.for_each_batch(false, &order, cfg.batch_size, device, &mut |x, y| {
+            let n = y.dims()[0];
+            let (x, y) = (
+                Tensor::<B, 4>::from_inner(x),
+                Tensor::<B, 1, Int>::from_inner(y),
+            );
+            let m = net.take().ok_or_else(|| Error::Bug("model lost".into()))?;
+            let logits = m.forward(x);
+            let loss = loss_fn.forward(logits.clone(), y.clone());
+            let l = loss.clone().into_scalar().elem::<f64>();
+            if !l.is_finite() {
+                return Err(Error::BadInput(format!(
+                    "training diverged in epoch {epoch} (loss {l}): lower the learning rate"
+                )));
+            }
+            right += correct(logits.detach(), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            net = Some(optim.step(cfg.lr, m, grads));
+            loss_sum += l * n as f64;
+            done += n;
+            let secs = t.elapsed().as_secs_f64().max(1e-9);
+            progress.step(
+                done as u64,
+                loss_sum / done as f64,
+                right as f64 / done as f64,
+                done as f64 / secs,
+            );
+            Ok(())
+        })?;
         let seconds = t.elapsed().as_secs_f64();
         let net = net
             .as_ref()
             .ok_or_else(|| Error::Bug("model lost".into()))?;
-        let test_accuracy = match &data.test {
-            Some(test) => Some(evaluate(&net.valid(), &data.schema, test, &spec, device)?.0),
+        let test_accuracy = match data.test_len() {
+            Some(_) => Some(evaluate_feed(&net.valid(), data, true, &spec, device)?.0),
             None => None,
         };
         let m = EpochMetrics {

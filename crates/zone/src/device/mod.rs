@@ -1,0 +1,166 @@
+//! Where training runs: the CPU (records decrypted in host memory) or a GPU (records
+//! decrypted in device memory, see [`gpu`] when built with `wgpu` or `cuda`).
+
+use blindfold_owner::SealedDataset;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Splits};
+use crate::error::{Error, Result};
+use crate::train::{TrainConfig, TrainProgress, Trained};
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod gpu;
+
+/// Where training runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// Burn's Flex CPU backend; records decrypted in host memory (the default).
+    #[default]
+    Cpu,
+    /// Any Vulkan device through wgpu (in CI: Mesa's software lavapipe).
+    Wgpu,
+    /// An NVIDIA GPU through CUDA.
+    Cuda,
+}
+
+impl DeviceKind {
+    /// True when this binary was built with the backend.
+    pub fn available(self) -> bool {
+        match self {
+            DeviceKind::Cpu => true,
+            DeviceKind::Wgpu => cfg!(feature = "wgpu"),
+            DeviceKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// What a device job trains on.
+pub enum DeviceSource<'a> {
+    /// A sealed dataset: decrypted on the device.
+    Sealed(&'a SealedDataset),
+    /// Records already in host memory (the plaintext baseline).
+    Host(&'a Dataset),
+}
+
+/// Where CubeCL's autotune cache goes in this process (see
+/// `blindfold_gpu::configure_runtime`).
+fn runtime_cache_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("blindfold-cubecl-{}", std::process::id()))
+}
+
+/// Configures CubeCL before the first device use in this process (done by [`train`]
+/// and [`throughput`]; call it before using [`gpu`] directly).
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn prepare_runtime() -> Result<()> {
+    let dir = runtime_cache_dir();
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(&dir)
+        .map_err(|e| Error::BadInput(format!("{}: {e}", dir.display())))?;
+    blindfold_gpu::configure_runtime(&dir);
+    Ok(())
+}
+
+/// Removes the folder CubeCL's autotune cache went to in this process, if any. Call it
+/// when the process is done with devices (the CLI does, on exit).
+pub fn remove_runtime_cache() {
+    let dir = runtime_cache_dir();
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Loads and trains on the GPU `kind` names: from a sealed dataset (decrypted on the
+/// device) or, for the baseline, from records in host memory. Returns the model and
+/// the seconds spent loading.
+#[allow(unused_variables)]
+pub fn train(
+    kind: DeviceKind,
+    source: DeviceSource<'_>,
+    splits: &Splits,
+    cfg: &TrainConfig,
+    progress: &dyn TrainProgress,
+) -> Result<(Trained, f64)> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if kind != DeviceKind::Cpu {
+        prepare_runtime()?;
+    }
+    match kind {
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => {
+            gpu::run::<cubecl::wgpu::WgpuRuntime>(Default::default(), source, splits, cfg, progress)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            gpu::run::<cubecl::cuda::CudaRuntime>(Default::default(), source, splits, cfg, progress)
+        }
+        DeviceKind::Cpu => Err(Error::Bug(
+            "the CPU path does not go through device::train".into(),
+        )),
+        #[allow(unreachable_patterns)]
+        other => Err(Error::BadInput(format!(
+            "this binary was built without the {0} backend: rebuild with `--features {0}`",
+            other.name()
+        ))),
+    }
+}
+
+/// On-device decryption throughput next to a device-to-device copy of the same bytes,
+/// both measured in one run ([`throughput`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Ciphertext bytes on the device (chunk padding included).
+    pub bytes: u64,
+    /// Chunks (one cube each).
+    pub chunks: usize,
+    /// Repetitions timed.
+    pub iterations: usize,
+    /// Seconds for `iterations` decryptions of every chunk, tags checked.
+    pub decrypt_s: f64,
+    /// Seconds for `iterations` copies of the same bytes.
+    pub copy_s: f64,
+    /// The device's plaintext equals the CPU decryptor's, byte for byte.
+    pub identical_to_cpu: bool,
+}
+
+/// Uploads one split of a sealed dataset, checks the device's plaintext against the
+/// CPU decryptor's, then times `iterations` on-device decryptions and as many copies.
+#[allow(unused_variables)]
+pub fn throughput(
+    kind: DeviceKind,
+    ds: &SealedDataset,
+    split: &str,
+    iterations: usize,
+) -> Result<Throughput> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if kind != DeviceKind::Cpu {
+        prepare_runtime()?;
+    }
+    match kind {
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => {
+            gpu::throughput::<cubecl::wgpu::WgpuRuntime>(Default::default(), ds, split, iterations)
+        }
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            gpu::throughput::<cubecl::cuda::CudaRuntime>(Default::default(), ds, split, iterations)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(Error::BadInput(format!(
+            "no device decryption on {}: use wgpu or cuda, in a binary built with that feature",
+            other.name()
+        ))),
+    }
+}

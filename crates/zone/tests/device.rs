@@ -1,0 +1,196 @@
+//! The GPU path on CubeCL's wgpu runtime (Mesa's lavapipe in CI): records decrypted in
+//! device memory equal the CPU decryptor's, a tampered chunk stops the job with the CPU
+//! path's error, and sealed and plaintext device training give identical weights.
+#![cfg(feature = "wgpu")]
+
+mod common;
+
+use blindfold_format::Suite;
+use blindfold_owner::import::{import, Format, ImportOptions};
+use blindfold_owner::{KeyStore, NoProgress, SealOptions, SealedDataset};
+use blindfold_store::Store;
+use blindfold_zone::data::{Dataset, Splits};
+use blindfold_zone::device::gpu::{DeviceBackend, DeviceData};
+use blindfold_zone::device::DeviceKind;
+use blindfold_zone::model::Arch;
+use blindfold_zone::train::{Feed, Quiet, TrainConfig};
+use burn::tensor::{Int, Tensor};
+use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
+
+type B = DeviceBackend<WgpuRuntime>;
+
+struct Sealed {
+    dir: tempfile::TempDir,
+    ks: KeyStore,
+}
+
+impl Sealed {
+    fn new(suite: Suite) -> Sealed {
+        blindfold_zone::device::prepare_runtime().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        common::write_dataset(&dir.path().join("plain"));
+        let ks = KeyStore::init(&dir.path().join("keys"), None).unwrap();
+        blindfold_owner::seal(
+            &ks,
+            import(
+                &dir.path().join("plain"),
+                Format::Idx,
+                &ImportOptions::default(),
+            )
+            .unwrap(),
+            &Store::open(dir.path().join("sealed").to_str().unwrap(), true).unwrap(),
+            // Small chunks (5 records of 785 bytes): many chunks, none 64-byte aligned.
+            &SealOptions {
+                suite,
+                chunk_target: 4000,
+                shard_bytes: 64 << 10,
+                ..SealOptions::default()
+            },
+            &NoProgress,
+        )
+        .unwrap();
+        Sealed { dir, ks }
+    }
+
+    fn location(&self) -> String {
+        self.dir.path().join("sealed").to_str().unwrap().to_owned()
+    }
+
+    fn open(&self) -> SealedDataset {
+        SealedDataset::open(&self.ks, Store::open(&self.location(), false).unwrap()).unwrap()
+    }
+
+    fn plain(&self) -> Dataset {
+        let imp = import(
+            &self.dir.path().join("plain"),
+            Format::Idx,
+            &ImportOptions::default(),
+        )
+        .unwrap();
+        Dataset::from_import(imp, &Splits::default(), &NoProgress).unwrap()
+    }
+}
+
+fn batches(feed: &dyn Feed<B>, test: bool, n: usize) -> (Vec<f32>, Vec<i64>) {
+    let order: Vec<u32> = (0..n as u32).rev().collect();
+    let (mut f, mut l) = (Vec::new(), Vec::new());
+    feed.for_each_batch(
+        test,
+        &order,
+        37,
+        &WgpuDevice::default(),
+        &mut |x, y: Tensor<B, 1, Int>| {
+            f.extend(x.into_data().convert::<f32>().to_vec::<f32>().unwrap());
+            l.extend(y.into_data().convert::<i64>().to_vec::<i64>().unwrap());
+            Ok(())
+        },
+    )
+    .unwrap();
+    (f, l)
+}
+
+#[test]
+fn device_decryption_equals_the_cpu_decryptor() {
+    let s = Sealed::new(Suite::ChaCha20Poly1305);
+    let ds = s.open();
+    let cpu = Dataset::from_sealed(&ds, &Splits::default(), &NoProgress).unwrap();
+    let dev =
+        DeviceData::<WgpuRuntime>::from_sealed(&ds, &Splits::default(), &WgpuDevice::default())
+            .unwrap();
+    // The records the device decrypted, brought back only for this comparison, are
+    // byte-identical to what the CPU decryptor produced (both splits)...
+    assert!(dev.danger_records_to_host(false).unwrap()[..] == cpu.train.bytes()[..]);
+    assert!(
+        dev.danger_records_to_host(true).unwrap()[..] == cpu.test.as_ref().unwrap().bytes()[..]
+    );
+    // ...and so are the batches built from them, on the device and on the host.
+    assert_eq!(Feed::<B>::classes(&dev), cpu.classes);
+    for test in [false, true] {
+        let n = if test { common::TEST } else { common::TRAIN };
+        assert_eq!(
+            batches(&dev, test, n),
+            batches(&cpu, test, n),
+            "test split: {test}"
+        );
+    }
+}
+
+#[test]
+fn a_tampered_chunk_stops_the_device_path_with_the_cpu_error() {
+    let s = Sealed::new(Suite::ChaCha20Poly1305);
+    // Flip one byte in the body of the first training shard, past its header.
+    let path = std::fs::read_dir(s.dir.path().join("sealed/shards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("train-00000-")
+        })
+        .expect("the first training shard");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() - 5000;
+    bytes[at] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    let ds = s.open();
+    let cpu = Dataset::from_sealed(&ds, &Splits::default(), &NoProgress).unwrap_err();
+    let dev =
+        DeviceData::<WgpuRuntime>::from_sealed(&ds, &Splits::default(), &WgpuDevice::default())
+            .err()
+            .expect("the device path must refuse a tampered chunk");
+    assert_eq!(dev.to_string(), cpu.to_string());
+    assert!(dev.to_string().contains("chunk"), "{dev}");
+}
+
+#[test]
+fn the_device_path_refuses_what_it_cannot_decrypt() {
+    let s = Sealed::new(Suite::Aes256Gcm);
+    let e = DeviceData::<WgpuRuntime>::from_sealed(
+        &s.open(),
+        &Splits::default(),
+        &WgpuDevice::default(),
+    )
+    .err()
+    .expect("AES-GCM is not decrypted on the device");
+    assert!(e.to_string().contains("chacha20-poly1305"), "{e}");
+}
+
+#[test]
+fn sealed_and_plaintext_device_training_give_identical_weights() {
+    let s = Sealed::new(Suite::ChaCha20Poly1305);
+    let cfg = TrainConfig {
+        model: Arch::Mlp,
+        epochs: 2,
+        batch_size: 32,
+        lr: 3e-3,
+        seed: 7,
+        device: DeviceKind::Wgpu,
+    };
+    let ds = s.open();
+    let (sealed, _) = blindfold_zone::device::train(
+        DeviceKind::Wgpu,
+        blindfold_zone::device::DeviceSource::Sealed(&ds),
+        &Splits::default(),
+        &cfg,
+        &Quiet,
+    )
+    .unwrap();
+    let plain = s.plain();
+    let (baseline, _) = blindfold_zone::device::train(
+        DeviceKind::Wgpu,
+        blindfold_zone::device::DeviceSource::Host(&plain),
+        &Splits::default(),
+        &cfg,
+        &Quiet,
+    )
+    .unwrap();
+    assert_eq!(sealed.weights_sha256, baseline.weights_sha256);
+    assert_eq!(sealed.epochs.len(), 2);
+    for (a, b) in sealed.epochs.iter().zip(&baseline.epochs) {
+        assert_eq!((a.loss, a.test_accuracy), (b.loss, b.test_accuracy));
+    }
+    // It learned: the synthetic classes are easy.
+    let acc = sealed.epochs.last().unwrap().test_accuracy.unwrap();
+    assert!(acc > 0.5, "test accuracy {acc}");
+}
