@@ -1,9 +1,10 @@
 //! `blindfold bench train`: the same training job from sealed and from plaintext
 //! Fashion-MNIST, alternating, side by side in one process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use blindfold_attest::EvidenceSource;
+use blindfold_attest::{EvidenceSource, FetchOptions};
+use blindfold_format::Suite;
 use blindfold_owner::import::{import, Format, ImportOptions};
 use blindfold_owner::{Error, KeyStore, NoProgress, SealOptions, SealedDataset};
 use blindfold_store::Store;
@@ -60,52 +61,135 @@ fn last_acc(r: &JobReport) -> Option<f64> {
     r.epochs.last().and_then(|e| e.test_accuracy)
 }
 
-pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
-    crate::demo::ensure_data(&a.data)?;
-    let cfg = TrainConfig {
-        model: a.model.into(),
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        lr: a.lr,
-        seed: a.seed,
-    };
-    cfg.check().map_err(zone)?;
-    let tmp = tempfile::Builder::new()
-        .prefix("blindfold-bench-train-")
-        .tempdir_in(&a.dir)
-        .map_err(|e| Error::BadInput(format!("{}: {e}", a.dir.display())))?;
-    let root = tmp.path();
-    let path = |name: &str| -> Result<String, Error> {
-        root.join(name)
-            .to_str()
-            .map(str::to_owned)
-            .ok_or_else(|| Error::BadInput("scratch folder must be UTF-8".into()))
-    };
-    eprintln!("setup: key store, seal {}, local broker", a.data.display());
-    let ks = KeyStore::init(&root.join("keys"), None)?;
-    let sealed = path("sealed")?;
-    let store = Store::open(&sealed, true)?;
-    blindfold_owner::seal(
-        &ks,
-        import(&a.data, Format::Idx, &ImportOptions::default())?,
-        &store,
-        &SealOptions::default(),
-        bars,
-    )?;
-    let ds = SealedDataset::open(&ks, Store::open(&sealed, false)?)?;
-    let broker = LocalBroker::start(&root.join("broker"))?;
-    broker.register(&ds, "tee = [\"sample\"]\njobs = [\"bench\"]\n")?;
-    let opts = broker.fetch_options("bench");
-    let evidence = EvidenceSource::InsecureSample { measurement: None };
-    let owner_public: [u8; 32] = ks
-        .identity_public()
-        .try_into()
-        .map_err(|_| Error::Bug("identity key length".into()))?;
-    let splits = Splits::default();
+/// A sealed copy of Fashion-MNIST, the owner's key store and a local broker that
+/// releases its key to `sample` evidence, in a scratch folder removed on drop.
+pub struct Setup {
+    pub root: tempfile::TempDir,
+    pub sealed: String,
+    pub ds: SealedDataset,
+    /// Kept alive (it serves the jobs' key requests) until the setup is dropped.
+    _broker: LocalBroker,
+    pub opts: FetchOptions,
+    pub evidence: EvidenceSource,
+    pub owner_public: [u8; 32],
+}
 
+impl Setup {
+    pub fn new(data: &Path, dir: &Path, suite: Suite, bars: &Bars) -> Result<Setup, Failure> {
+        crate::demo::ensure_data(data)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("blindfold-bench-train-")
+            .tempdir_in(dir)
+            .map_err(|e| Error::BadInput(format!("{}: {e}", dir.display())))?;
+        let sealed = utf8(&tmp.path().join("sealed"))?;
+        eprintln!(
+            "setup: key store, seal {} ({suite}), local broker",
+            data.display()
+        );
+        let ks = KeyStore::init(&tmp.path().join("keys"), None)?;
+        let store = Store::open(&sealed, true)?;
+        blindfold_owner::seal(
+            &ks,
+            import(data, Format::Idx, &ImportOptions::default())?,
+            &store,
+            &SealOptions {
+                suite,
+                ..SealOptions::default()
+            },
+            bars,
+        )?;
+        let ds = SealedDataset::open(&ks, Store::open(&sealed, false)?)?;
+        let broker = LocalBroker::start(&tmp.path().join("broker"))?;
+        broker.register(&ds, "tee = [\"sample\"]\njobs = [\"bench\"]\n")?;
+        let opts = broker.fetch_options("bench");
+        let owner_public: [u8; 32] = ks
+            .identity_public()
+            .try_into()
+            .map_err(|_| Error::Bug("identity key length".into()))?;
+        Ok(Setup {
+            root: tmp,
+            sealed,
+            ds,
+            _broker: broker,
+            opts,
+            evidence: EvidenceSource::InsecureSample { measurement: None },
+            owner_public,
+        })
+    }
+
+    /// Runs one whole job, sealed or from the plaintext files, into a fresh output
+    /// folder `out-N`, and prints its timings.
+    #[allow(clippy::too_many_arguments)]
+    pub fn job(
+        &self,
+        data: &Path,
+        is_sealed: bool,
+        n: usize,
+        round: usize,
+        cfg: &TrainConfig,
+        bars: &Bars,
+        quiet: bool,
+    ) -> Result<JobReport, Failure> {
+        let out = Store::open(&utf8(&self.root.path().join(format!("out-{n}")))?, true)?;
+        let source = if is_sealed {
+            Source::Sealed {
+                dataset: &self.sealed,
+                broker: &self.opts,
+                evidence: &self.evidence,
+            }
+        } else {
+            Source::Plaintext {
+                import: import(data, Format::Idx, &ImportOptions::default())?,
+                owner_public: self.owner_public,
+                input: data.display().to_string(),
+            }
+        };
+        let label = if is_sealed { "sealed" } else { "plaintext" };
+        eprintln!("round {round} {label}");
+        let splits = Splits::default();
+        let (r, _) = if quiet {
+            job::run(source, &splits, cfg, &out, &NoProgress, &Quiet)
+        } else {
+            job::run(source, &splits, cfg, &out, bars, &EpochBars::new(false))
+        }
+        .map_err(zone)?;
+        if quiet {
+            for e in &r.epochs {
+                eprintln!("  {}", epoch_line(e));
+            }
+        }
+        eprintln!(
+            "  job {:.2} s: key {:.3} s, load {:.3} s, train {:.2} s, seal+write {:.3} s; weights {}",
+            r.total_s,
+            r.key_s,
+            r.load_s,
+            r.train_s,
+            r.output_s,
+            &r.weights_sha256[..16]
+        );
+        Ok(r)
+    }
+}
+
+fn utf8(p: &Path) -> Result<String, Error> {
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| Error::BadInput("scratch folder must be UTF-8".into()))
+}
+
+/// Runs `rounds` rounds of one sealed and one plaintext job, the order alternating
+/// from round to round; returns the reports of each side.
+pub fn alternate(
+    setup: &Setup,
+    data: &Path,
+    rounds: usize,
+    cfg: &TrainConfig,
+    bars: &Bars,
+    quiet: bool,
+) -> Result<(Vec<JobReport>, Vec<JobReport>), Failure> {
     let (mut sealed_runs, mut plain_runs) = (Vec::new(), Vec::new());
     let mut n = 0;
-    for round in 0..a.rounds.max(1) {
+    for round in 0..rounds.max(1) {
         let order = if round % 2 == 0 {
             [true, false]
         } else {
@@ -113,42 +197,7 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
         };
         for is_sealed in order {
             n += 1;
-            let out = Store::open(&path(&format!("out-{n}"))?, true)?;
-            let source = if is_sealed {
-                Source::Sealed {
-                    dataset: &sealed,
-                    broker: &opts,
-                    evidence: &evidence,
-                }
-            } else {
-                Source::Plaintext {
-                    import: import(&a.data, Format::Idx, &ImportOptions::default())?,
-                    owner_public,
-                    input: a.data.display().to_string(),
-                }
-            };
-            let label = if is_sealed { "sealed" } else { "plaintext" };
-            eprintln!("round {} {label}", round + 1);
-            let (r, _) = if quiet {
-                job::run(source, &splits, &cfg, &out, &NoProgress, &Quiet)
-            } else {
-                job::run(source, &splits, &cfg, &out, bars, &EpochBars::new(false))
-            }
-            .map_err(zone)?;
-            if quiet {
-                for e in &r.epochs {
-                    eprintln!("  {}", epoch_line(e));
-                }
-            }
-            eprintln!(
-                "  job {:.2} s: key {:.3} s, load {:.3} s, train {:.2} s, seal+write {:.3} s; weights {}",
-                r.total_s,
-                r.key_s,
-                r.load_s,
-                r.train_s,
-                r.output_s,
-                &r.weights_sha256[..16]
-            );
+            let r = setup.job(data, is_sealed, n, round + 1, cfg, bars, quiet)?;
             if is_sealed {
                 sealed_runs.push(r);
             } else {
@@ -156,13 +205,34 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
             }
         }
     }
-    let sealed_s = median(&mut sealed_runs.iter().map(|r| r.total_s).collect::<Vec<_>>());
-    let plaintext_s = median(&mut plain_runs.iter().map(|r| r.total_s).collect::<Vec<_>>());
-    let first = &sealed_runs[0].weights_sha256;
-    let identical = sealed_runs
+    Ok((sealed_runs, plain_runs))
+}
+
+/// Median job time of each side and whether every run gave the same weights.
+pub fn summary(sealed: &[JobReport], plain: &[JobReport]) -> (f64, f64, bool) {
+    let sealed_s = median(&mut sealed.iter().map(|r| r.total_s).collect::<Vec<_>>());
+    let plaintext_s = median(&mut plain.iter().map(|r| r.total_s).collect::<Vec<_>>());
+    let first = &sealed[0].weights_sha256;
+    let identical = sealed
         .iter()
-        .chain(&plain_runs)
+        .chain(plain)
         .all(|r| &r.weights_sha256 == first);
+    (sealed_s, plaintext_s, identical)
+}
+
+pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
+    let cfg = TrainConfig {
+        model: a.model.into(),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        seed: a.seed,
+        ..TrainConfig::default()
+    };
+    cfg.check().map_err(zone)?;
+    let setup = Setup::new(&a.data, &a.dir, Suite::Aes256Gcm, bars)?;
+    let (sealed_runs, plain_runs) = alternate(&setup, &a.data, a.rounds, &cfg, bars, quiet)?;
+    let (sealed_s, plaintext_s, identical) = summary(&sealed_runs, &plain_runs);
     let same_data = sealed_runs
         .iter()
         .chain(&plain_runs)

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod bench_broker;
+mod bench_gpu;
 mod bench_train;
 mod broker;
 mod demo;
@@ -264,6 +265,12 @@ enum BenchCmd {
     /// outputs). Reports the job times side by side, accuracy, and whether the weights
     /// are bit-identical. The last line is JSON.
     Train(bench_train::BenchTrainArgs),
+    /// Decrypt Fashion-MNIST's sealed training split on the GPU and copy the same bytes
+    /// device to device, both timed in this run; then train the same model on the GPU
+    /// from the sealed copy (decrypted on the device) and from plaintext, alternating.
+    /// Needs a binary built with `--features cuda` (or `wgpu`). The last line is JSON:
+    /// decrypt_gbps, copy_gbps, sealed_s, plaintext_s, overhead, identical_weights.
+    Gpu(bench_gpu::BenchGpuArgs),
     /// Start a broker on loopback and run N concurrent clients through auth -> attest ->
     /// resource (sample evidence) for S seconds; then repeat while killing the broker
     /// with SIGKILL half-way, restart it, and check the audit log against the releases
@@ -325,7 +332,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // CubeCL's autotune cache of a GPU job (shapes and timings, no data) lives in a
+    // per-process folder: gone when the process is.
+    blindfold_zone::device::remove_runtime_cache();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Owner(e)) => {
             eprintln!("blindfold: error: {e}");
@@ -370,6 +381,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Model(m) => return train::model(&m, &open_keystore(g)?),
         Cmd::Eval(a) => return train::eval(&a),
         Cmd::Bench(BenchCmd::Train(a)) => return bench_train::run(&a, &bars, g.quiet),
+        Cmd::Bench(BenchCmd::Gpu(a)) => return bench_gpu::run(&a, &bars, g.quiet),
         other => run_owner(other, g, &bars)?,
     }
     Ok(())
@@ -528,7 +540,11 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Error> {
             bars,
         )?,
         Cmd::Broker(b) => broker::run(b, || open_keystore(g))?,
-        Cmd::Train(_) | Cmd::Model(_) | Cmd::Eval(_) | Cmd::Bench(BenchCmd::Train(_)) => {
+        Cmd::Train(_)
+        | Cmd::Model(_)
+        | Cmd::Eval(_)
+        | Cmd::Bench(BenchCmd::Train(_))
+        | Cmd::Bench(BenchCmd::Gpu(_)) => {
             unreachable!("dispatched in run")
         }
     }

@@ -9,6 +9,7 @@ use blindfold_owner::import::{Format, ImportOptions, OutputSet};
 use blindfold_owner::{Error, KeyStore};
 use blindfold_store::Store;
 use blindfold_zone::data::{Dataset, Splits};
+use blindfold_zone::device::DeviceKind;
 use blindfold_zone::job::{self, Source, METRICS_OBJECT, MODEL_OBJECT};
 use blindfold_zone::model::{self, Arch, ModelSpec};
 use blindfold_zone::train::{EpochMetrics, TrainConfig, TrainProgress};
@@ -38,6 +39,26 @@ impl From<ModelArg> for Arch {
     }
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    /// Burn's Flex CPU backend; records decrypted in the trusted zone's memory.
+    Cpu,
+    /// Any Vulkan device through wgpu (without a GPU: Mesa's lavapipe, slowly).
+    Wgpu,
+    /// An NVIDIA GPU through CUDA (loaded at run time).
+    Cuda,
+}
+
+impl From<DeviceArg> for DeviceKind {
+    fn from(d: DeviceArg) -> DeviceKind {
+        match d {
+            DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::Wgpu => DeviceKind::Wgpu,
+            DeviceArg::Cuda => DeviceKind::Cuda,
+        }
+    }
+}
+
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("data").required(true).args(["dataset", "plaintext"])))]
 pub struct TrainArgs {
@@ -53,7 +74,7 @@ pub struct TrainArgs {
     #[arg(long, value_name = "MODEL_DEST")]
     out: String,
     /// A training configuration (JSON, as saved in train.json's "config", or TOML with
-    /// the same fields: model, epochs, batch_size, lr, seed). Flags override it.
+    /// the same fields: model, epochs, batch_size, lr, seed, device). Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Model.
@@ -71,6 +92,12 @@ pub struct TrainArgs {
     /// Seed of the initial weights and of every epoch's shuffle [default: 42].
     #[arg(long)]
     seed: Option<u64>,
+    /// Where to train [default: cpu]. `cuda` (NVIDIA GPU) and `wgpu` (any Vulkan
+    /// device) decrypt the sealed chunks on the device itself: the host holds only
+    /// ciphertext. They need a binary built with `--features cuda` / `--features wgpu`,
+    /// a dataset sealed with `--suite chacha20-poly1305`, and u8 records with a u8 label.
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
     /// Training split.
     #[arg(long, default_value = "train", value_name = "NAME")]
     train_split: String,
@@ -273,6 +300,9 @@ fn config(a: &TrainArgs) -> Result<TrainConfig, Error> {
     }
     if let Some(v) = a.seed {
         cfg.seed = v;
+    }
+    if let Some(v) = a.device {
+        cfg.device = v.into();
     }
     cfg.check().map_err(|e| Error::BadInput(e.to_string()))?;
     Ok(cfg)
@@ -515,8 +545,7 @@ pub fn evaluate(
         .into());
     }
     let (accuracy, confusion) =
-        blindfold_zone::train::evaluate(&net, &data.schema, &data.train, &spec, &device)
-            .map_err(zone)?;
+        blindfold_zone::train::evaluate_feed(&net, &data, false, &spec, &device).map_err(zone)?;
     Ok(Evaluation {
         spec,
         accuracy,
