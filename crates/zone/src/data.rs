@@ -275,12 +275,7 @@ impl Dataset {
     /// Input shape of one record as (channels, height, width): `[H, W]` is one channel,
     /// `[C, H, W]` is C channels, anything else is flattened to `[1, 1, N]`.
     pub fn input_shape(&self) -> [usize; 3] {
-        let s: Vec<usize> = self.schema.shape.iter().map(|&d| d as usize).collect();
-        match s.as_slice() {
-            [h, w] => [1, *h, *w],
-            [c, h, w] => [*c, *h, *w],
-            _ => [1, 1, self.schema.elements() as usize],
-        }
+        input_shape(&self.schema)
     }
 
     /// SHA-256 over the schema and every record of both splits: equal for a sealed
@@ -295,6 +290,17 @@ impl Dataset {
             h.update(&s.bytes[..]);
         }
         h.finalize().into()
+    }
+}
+
+/// A record's shape as (channels, height, width): `[H, W]` is one channel, `[C, H, W]`
+/// is C channels, anything else is flattened to `[1, 1, N]`.
+pub(crate) fn input_shape(schema: &Schema) -> [usize; 3] {
+    let s: Vec<usize> = schema.shape.iter().map(|&d| d as usize).collect();
+    match s.as_slice() {
+        [h, w] => [1, *h, *w],
+        [c, h, w] => [*c, *h, *w],
+        _ => [1, 1, schema.elements() as usize],
     }
 }
 

@@ -17,7 +17,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
 use cubecl::prelude::ComputeClient;
 
-use crate::data::{Dataset, Splits};
+use crate::data::{input_shape, Dataset, Splits};
 use crate::error::{Error, Result};
 use crate::train::{self, Feed, TrainConfig, TrainProgress, Trained};
 
@@ -207,15 +207,6 @@ fn upload_plain<R: CubeRuntime>(
         offsets,
         record_size: rs,
     })
-}
-
-fn input_shape(schema: &Schema) -> [usize; 3] {
-    let s: Vec<usize> = schema.shape.iter().map(|&d| d as usize).collect();
-    match s.as_slice() {
-        [h, w] => [1, *h, *w],
-        [c, h, w] => [*c, *h, *w],
-        _ => [1, 1, schema.elements() as usize],
-    }
 }
 
 impl<R: CubeRuntime> DeviceData<R> {
