@@ -273,39 +273,9 @@ impl Uploaded {
     /// first chunk that fails authentication the whole batch is refused
     /// ([`Error::Tampered`]) and its plaintext buffer wiped and dropped.
     pub fn open<R: Runtime>(&self, client: &ComputeClient<R>) -> Result<Opened> {
-        let chunks = self.places.len();
-        let out = client.empty(self.words * 4);
-        let status = client.empty(chunks.max(1) * 4);
-        kernel::open_chunks::launch::<R>(
-            client,
-            cube_count(chunks as u32),
-            CubeDim::new_1d(UNITS),
-            unsafe { ArrayArg::from_raw_parts(self.data.clone(), self.words) },
-            unsafe { ArrayArg::from_raw_parts(self.meta.clone(), self.meta_words) },
-            unsafe { ArrayArg::from_raw_parts(self.keys.clone(), self.key_words) },
-            unsafe { ArrayArg::from_raw_parts(self.aad.clone(), self.aad_words) },
-            unsafe { ArrayArg::from_raw_parts(out.clone(), self.words) },
-            unsafe { ArrayArg::from_raw_parts(status.clone(), chunks.max(1)) },
-            chunks as u32,
-        );
-        let verdicts = client
-            .read_one(status)
-            .map_err(|e| Error::Device(format!("{e:?}")))?;
-        let verdicts = u32::from_bytes(&verdicts);
-        let opened = Opened {
-            handle: out,
-            words: self.words,
-            places: self.places.clone(),
-        };
-        if let Some(bad) = verdicts[..chunks].iter().position(|&v| v != 1) {
-            wipe(client, &opened);
-            return Err(Error::Tampered { chunk: bad });
-        }
-        Ok(opened)
+        self.open_times(client, 1)
     }
-}
 
-impl Uploaded {
     /// For benchmarks: opens the batch `iterations` times into one buffer, back to back
     /// on the device's queue, then checks the last run's tags and wipes the buffer.
     /// The host waits once, so the time measured is the kernel's, not the round trips'.
@@ -314,10 +284,22 @@ impl Uploaded {
         client: &ComputeClient<R>,
         iterations: usize,
     ) -> Result<()> {
+        let opened = self.open_times(client, iterations.max(1))?;
+        wipe(client, &opened);
+        Ok(())
+    }
+
+    /// Launches `open_chunks` `iterations` times into one new buffer, then checks the
+    /// tags of the last run (wiping the buffer if one failed).
+    fn open_times<R: Runtime>(
+        &self,
+        client: &ComputeClient<R>,
+        iterations: usize,
+    ) -> Result<Opened> {
         let chunks = self.places.len();
         let out = client.empty(self.words * 4);
         let status = client.empty(chunks.max(1) * 4);
-        for _ in 0..iterations.max(1) {
+        for _ in 0..iterations {
             kernel::open_chunks::launch::<R>(
                 client,
                 cube_count(chunks as u32),
@@ -337,16 +319,16 @@ impl Uploaded {
         let opened = Opened {
             handle: out,
             words: self.words,
-            places: Vec::new(),
+            places: self.places.clone(),
         };
-        wipe(client, &opened);
         if let Some(bad) = u32::from_bytes(&verdicts)[..chunks]
             .iter()
             .position(|&v| v != 1)
         {
+            wipe(client, &opened);
             return Err(Error::Tampered { chunk: bad });
         }
-        Ok(())
+        Ok(opened)
     }
 }
 
