@@ -53,6 +53,26 @@ pub enum BrokerCmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Write a sealed dataset's release object to standard output, for a stock Trustee
+    /// KBS to serve (owner side).
+    ///
+    /// The object is exactly what `broker serve` releases to an attested job
+    /// (docs/broker-protocol.md §2): dataset id, the dataset key in the clear, manifest
+    /// digest and version. Pipe it straight into the KBS admin client, e.g.
+    ///
+    ///   blindfold broker export-kbs-resource DEST | kbs-client --url URL config
+    ///     --admin-token-file TOKEN set-resource --path blindfold/dataset/ID
+    ///     --resource-file /dev/stdin > /dev/null
+    ///
+    /// (Trustee's kbs-client prints the resource it set, key included, on its standard
+    /// output: hence `> /dev/null`.) The KBS's own resource policy then decides who gets
+    /// the key: blindfold's policy, release count, revocation and audit log do not apply.
+    /// Refuses to write to a terminal.
+    #[command(verbatim_doc_comment)]
+    ExportKbsResource {
+        /// The sealed dataset.
+        dest: String,
+    },
     /// Stop all further releases of a dataset at once.
     Revoke {
         /// Dataset id (hex).
@@ -263,6 +283,38 @@ pub fn run(
             println!(
                 "registered dataset {id} version {version} with {}",
                 admin.broker
+            );
+        }
+        BrokerCmd::ExportKbsResource { dest } => {
+            use std::io::{IsTerminal, Write};
+            let mut out = std::io::stdout().lock();
+            if out.is_terminal() {
+                return Err(Error::BadInput(
+                    "refusing to print a dataset key to a terminal: pipe it into the KBS admin client (see --help)".into(),
+                ));
+            }
+            let ks = keystore()?;
+            let ds = blindfold_owner::SealedDataset::open(
+                &ks,
+                blindfold_store::Store::open(&dest, false)?,
+            )?;
+            let (id, key, digest, version) = ds.broker_registration();
+            let release = blindfold_protocol::Release {
+                dataset_id: id.clone(),
+                key: STANDARD.encode(&key[..]),
+                manifest_sha256: hex::encode(digest),
+                version,
+            };
+            let bytes = zeroize::Zeroizing::new(
+                serde_json::to_vec(&release).map_err(|e| Error::Bug(e.to_string()))?,
+            );
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::BadInput(format!("standard output: {e}")))?;
+            let path = blindfold_protocol::resource_path(&id);
+            eprintln!(
+                "release object for dataset {id} version {version}; KBS resource path: {}",
+                path.trim_start_matches("/kbs/v0/resource/")
             );
         }
         BrokerCmd::Revoke { dataset, admin } => {

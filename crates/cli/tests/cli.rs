@@ -248,6 +248,54 @@ fn demo_on_fashion_mnist() {
     assert!(e.path().join("mine/keep").exists());
 }
 
+/// `broker export-kbs-resource`: the release object for a stock Trustee KBS carries the
+/// dataset's real key (it opens the sealed manifest), the manifest's digest and version.
+#[test]
+fn export_kbs_resource() {
+    use base64::Engine;
+    let e = Env::new();
+    idx_input(e.path());
+    e.run(&["keys", "init"], 0);
+    let id = e.run(&["seal", "fm", "--out", "sealed"], 0);
+    let id = id.lines().nth(2).unwrap().trim().to_owned();
+    let o = e.cmd(&["broker", "export-kbs-resource", "sealed"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("KBS resource path: blindfold/dataset/{id}")),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let fields: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(fields.len(), 4, "{fields:?}");
+    assert_eq!(v["dataset_id"], id.as_str());
+    assert_eq!(v["version"], 1);
+    let manifest = fs::read(e.path().join("sealed/manifest.bfm")).unwrap();
+    assert_eq!(
+        v["manifest_sha256"],
+        hex::encode(blindfold_format::manifest_digest(&manifest)).as_str()
+    );
+    let key: [u8; 32] = base64::engine::general_purpose::STANDARD
+        .decode(v["key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let m =
+        blindfold_format::Manifest::open(&blindfold_format::DatasetKey::from_bytes(key), &manifest)
+            .expect("the exported key opens the dataset's manifest");
+    assert_eq!(m.dataset_id.to_hex(), id);
+    let mut wrong = key;
+    wrong[0] ^= 1;
+    assert!(blindfold_format::Manifest::open(
+        &blindfold_format::DatasetKey::from_bytes(wrong),
+        &manifest
+    )
+    .is_err());
+    let o = e.cmd(&["broker", "export-kbs-resource", "nowhere"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(o.stdout.is_empty());
+}
+
 /// The broker commands end to end over TLS: init, serve, register, fetch-key (granted,
 /// then denied by the policy), revoke, audit --verify, and a tampered audit log.
 #[test]
