@@ -75,12 +75,33 @@ impl ErrorCode {
         }
     }
 
-    /// The code named in an error body, if it is one of ours.
+    /// The code named in an error body: one of ours, or one of the codes a stock Trustee
+    /// KBS answers with that means the same refusal ([`TRUSTEE_ALIASES`]).
     pub fn from_body(b: &ErrorBody) -> Option<ErrorCode> {
         let name = b.error_type.strip_prefix(PREFIX)?;
-        ErrorCode::ALL.iter().copied().find(|c| c.name() == name)
+        ErrorCode::ALL
+            .iter()
+            .copied()
+            .find(|c| c.name() == name)
+            .or_else(|| {
+                TRUSTEE_ALIASES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|&(_, c)| c)
+            })
     }
 }
+
+/// Error codes of a stock Trustee KBS (its `kbs/src/error.rs`) that name a refusal, and
+/// the code of ours that means the same, so that a trainer talking to a stock KBS tells
+/// a denial from a fault. Trustee's other codes (its plugin, storage and configuration
+/// errors) stay unrecognised: they are not decisions about the job.
+pub const TRUSTEE_ALIASES: &[(&str, ErrorCode)] = &[
+    // The resource policy refused the attested job.
+    ("PolicyDeny", ErrorCode::PolicyDenied),
+    // The attestation service refused the evidence, or could not parse or check it.
+    ("AttestationError", ErrorCode::EvidenceRejected),
+];
 
 #[cfg(test)]
 mod tests {
@@ -91,6 +112,31 @@ mod tests {
         for &c in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_body(&c.body("x")), Some(c));
             assert!((400..600).contains(&c.status()));
+        }
+    }
+
+    /// Bodies as a stock Trustee KBS sends them (seen on loopback against Trustee's KBS).
+    #[test]
+    fn trustee_refusals_map_onto_ours() {
+        let body = |code: &str| ErrorBody {
+            error_type: format!("{PREFIX}{code}"),
+            detail: "x".into(),
+        };
+        assert_eq!(
+            ErrorCode::from_body(&body("PolicyDeny")),
+            Some(ErrorCode::PolicyDenied)
+        );
+        assert_eq!(
+            ErrorCode::from_body(&body("AttestationError")),
+            Some(ErrorCode::EvidenceRejected)
+        );
+        assert_eq!(
+            ErrorCode::from_body(&body("TokenNotFound")),
+            Some(ErrorCode::TokenNotFound)
+        );
+        assert_eq!(ErrorCode::from_body(&body("PluginInternalError")), None);
+        for (name, _) in TRUSTEE_ALIASES {
+            assert!(ErrorCode::ALL.iter().all(|c| c.name() != *name));
         }
     }
 }
