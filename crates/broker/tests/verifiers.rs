@@ -176,3 +176,73 @@ mod tdx {
         ));
     }
 }
+
+/// Requests of Trustee's stock `kbs-client`, captured byte for byte
+/// (testdata/trustee/SOURCE.md): its report-data binding is the one blindfold computes.
+#[cfg(feature = "sample")]
+mod trustee_client {
+    use super::*;
+    use blindfold_broker::verifier::sample::SampleVerifier;
+    use blindfold_protocol::{Attestation, Request, Tee};
+
+    fn captured(name: &str) -> Vec<u8> {
+        std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../testdata/trustee")
+                .join(name),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn stock_client_auth_request_parses() {
+        let r: Request = serde_json::from_slice(&captured("kbs-client-auth.json")).unwrap();
+        assert_eq!(r.version, blindfold_protocol::PROTOCOL_VERSION);
+        assert!(matches!(r.tee, Tee::Sample));
+    }
+
+    #[test]
+    fn stock_client_binding_equals_ours() {
+        let a: Attestation = serde_json::from_slice(&captured("kbs-client-attest.json")).unwrap();
+        let ours = blindfold_protocol::report_data_binding(
+            &a.runtime_data.nonce,
+            &a.runtime_data.tee_pubkey,
+            &a.tee_evidence.additional_evidence,
+        )
+        .unwrap();
+        let theirs = STANDARD
+            .decode(
+                a.tee_evidence.primary_evidence["report_data"]
+                    .as_str()
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(theirs, ours);
+        let v = SampleVerifier;
+        let c = v.verify(&a.tee_evidence.primary_evidence, &ours).unwrap();
+        assert!(c.insecure && c.tee == "sample");
+        // The same evidence for another nonce, or for another TEE key, is refused.
+        let other_nonce = blindfold_protocol::report_data_binding(
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            &a.runtime_data.tee_pubkey,
+            "",
+        )
+        .unwrap();
+        assert!(matches!(
+            v.verify(&a.tee_evidence.primary_evidence, &other_nonce),
+            Err(Rejection::ReportData(_))
+        ));
+        let mut key = serde_json::to_value(&a.runtime_data.tee_pubkey).unwrap();
+        key["x"] = json!("KUWBCKhF67mHslgORjkTdT9wEzK56mE0J9pbDfR_qsA");
+        let other_key = blindfold_protocol::report_data_binding(
+            &a.runtime_data.nonce,
+            &serde_json::from_value(key).unwrap(),
+            "",
+        )
+        .unwrap();
+        assert!(matches!(
+            v.verify(&a.tee_evidence.primary_evidence, &other_key),
+            Err(Rejection::ReportData(_))
+        ));
+    }
+}

@@ -284,6 +284,36 @@ mod tests {
         assert_eq!(kp.decrypt(&bad).unwrap_err(), Error::DecryptFailed);
     }
 
+    /// A reply of Trustee's stock KBS, captured on loopback (testdata/trustee/SOURCE.md).
+    #[test]
+    fn decrypts_a_stock_trustee_kbs_reply() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/trustee");
+        let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+        let key: Value = serde_json::from_slice(&read("kbs-resource-tee-key.json")).unwrap();
+        let d = B64URL.decode(key["d"].as_str().unwrap()).unwrap();
+        let kp = TeeKeyPair {
+            secret: p256::SecretKey::from_slice(&d).unwrap(),
+        };
+        let TeePubKey::EC { x, y, .. } = kp.public() else {
+            unreachable!()
+        };
+        assert_eq!(
+            (x.as_str(), y.as_str()),
+            (key["x"].as_str().unwrap(), key["y"].as_str().unwrap())
+        );
+        let r: Response = serde_json::from_slice(&read("kbs-resource-response.json")).unwrap();
+        assert_eq!(
+            &kp.decrypt(&r).unwrap()[..],
+            &read("kbs-resource-plaintext.txt")[..]
+        );
+        let mut bad = r.clone();
+        bad.tag[15] ^= 0x80;
+        assert_eq!(kp.decrypt(&bad).unwrap_err(), Error::DecryptFailed);
+        let mut bad = r.clone();
+        bad.encrypted_key[0] ^= 1;
+        assert_eq!(kp.decrypt(&bad).unwrap_err(), Error::DecryptFailed);
+    }
+
     #[test]
     fn header_in_another_order_fails_like_a_stock_client() {
         // A JWE whose GCM additional data was computed over a header in another member
