@@ -55,6 +55,57 @@ mod snp {
         ));
     }
 
+    /// The same report in the form Trustee's stock client (guest-components' attester)
+    /// sends: the raw report is rebuilt from its fields and gives the same claims.
+    #[test]
+    fn guest_components_form_verifies_like_the_raw_form() {
+        let r = report();
+        let v = SnpVerifier::new();
+        let gc: Value = serde_json::from_slice(&data("snp_guest_components_milan.json")).unwrap();
+        let (c, rd) = v.verify_signed(&gc).unwrap();
+        let (c_raw, rd_raw) = v.verify_signed(&evidence(&r)).unwrap();
+        assert_eq!(rd, rd_raw);
+        assert_eq!(c.measurement, c_raw.measurement);
+        assert_eq!(format!("{:?}", c.snp_tcb), format!("{:?}", c_raw.snp_tcb));
+        assert_eq!(c.report_version, Some(2));
+        // A changed measurement, report data or TCB no longer matches the signature.
+        for (field, i) in [("measurement", 0), ("report_data", 63), ("chip_id", 5)] {
+            let mut bad = gc.clone();
+            let b = &mut bad["attestation_report"][field][i];
+            *b = json!(b.as_u64().unwrap() ^ 1);
+            assert!(
+                matches!(v.verify_signed(&bad), Err(Rejection::Evidence(m)) if m.contains("not signed")),
+                "{field}"
+            );
+        }
+        let mut bad = gc.clone();
+        bad["attestation_report"]["reported_tcb"]["snp"] = json!(9);
+        assert!(v.verify_signed(&bad).is_err());
+        // A field of the wrong length, a missing VCEK, or another certificate type.
+        let mut bad = gc.clone();
+        bad["attestation_report"]["measurement"]
+            .as_array_mut()
+            .unwrap()
+            .pop();
+        assert!(
+            matches!(v.verify_signed(&bad), Err(Rejection::Evidence(m)) if m.contains("measurement is 47 bytes"))
+        );
+        let mut bad = gc.clone();
+        bad["cert_chain"] = json!(null);
+        assert!(
+            matches!(v.verify_signed(&bad), Err(Rejection::Evidence(m)) if m.contains("no VCEK"))
+        );
+        let mut bad = gc.clone();
+        bad["cert_chain"][0]["cert_type"] = json!("VLEK");
+        assert!(v.verify_signed(&bad).is_err());
+        let mut bad = gc;
+        let c0 = bad["cert_chain"][0].clone();
+        bad["cert_chain"].as_array_mut().unwrap().push(c0);
+        assert!(
+            matches!(v.verify_signed(&bad), Err(Rejection::Evidence(m)) if m.contains("two VCEKs"))
+        );
+    }
+
     #[test]
     fn the_vcek_must_match_the_reports_tcb_and_chip() {
         use sev::parser::ByteParser;
