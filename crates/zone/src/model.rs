@@ -292,10 +292,44 @@ pub fn to_safetensors<B: Backend>(net: &Net<B>, spec: &ModelSpec) -> Result<Zero
         .metadata("blindfold.classes", spec.classes.to_string());
     net.save_into(&mut store)
         .map_err(|e| Error::Bug(format!("weights do not serialize: {e}")))?;
-    let bytes = store
-        .get_bytes()
-        .map_err(|e| Error::Bug(format!("weights do not serialize: {e}")))?;
-    Ok(Zeroizing::new(bytes))
+    let bytes = Zeroizing::new(
+        store
+            .get_bytes()
+            .map_err(|e| Error::Bug(format!("weights do not serialize: {e}")))?,
+    );
+    sorted_header(&bytes)
+}
+
+/// The same safetensors file with its JSON header's members in sorted order: Burn's
+/// writer emits the metadata map in hash order, so two exports of the same weights
+/// differed in their first bytes. Tensor offsets are relative to the data section, so
+/// only the header changes; it is padded with spaces to 8 bytes, as the format allows.
+fn sorted_header(bytes: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+    use std::collections::BTreeMap;
+    let bug = |what: &str| Error::Bug(format!("safetensors from Burn: {what}"));
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .and_then(|l| usize::try_from(l).ok())
+        .ok_or_else(|| bug("too short"))?;
+    let end = 8usize
+        .checked_add(len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| bug("truncated header"))?;
+    let mut head: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..end]).map_err(|_| bug("header is not JSON"))?;
+    if let Some(serde_json::Value::Object(meta)) = head.get("__metadata__") {
+        let sorted: BTreeMap<&String, &serde_json::Value> = meta.iter().collect();
+        let sorted = serde_json::to_value(sorted).map_err(|e| bug(&e.to_string()))?;
+        head.insert("__metadata__".into(), sorted);
+    }
+    let mut json = serde_json::to_vec(&head).map_err(|e| bug(&e.to_string()))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Zeroizing::new(Vec::with_capacity(8 + json.len() + bytes.len() - end));
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[end..]);
+    Ok(out)
 }
 
 /// Reads the [`ModelSpec`] that [`to_safetensors`] wrote into a file's metadata.
@@ -390,6 +424,11 @@ mod tests {
             );
             let st = to_safetensors(&net, &s).unwrap();
             assert_eq!(safetensors_spec(&st).unwrap(), s);
+            // The same weights give the same file, byte for byte (Burn's metadata map
+            // is in hash order, which differs between maps).
+            for _ in 0..8 {
+                assert_eq!(to_safetensors(&net, &s).unwrap(), st, "{arch}");
+            }
             assert_eq!(
                 weights_digest(&s.from_safetensors::<Flex>(&st, &d).unwrap()),
                 want,
