@@ -194,3 +194,25 @@ fn sealed_and_plaintext_device_training_give_identical_weights() {
     let acc = sealed.epochs.last().unwrap().test_accuracy.unwrap();
     assert!(acc > 0.5, "test accuracy {acc}");
 }
+
+/// The autotune cache folder of a process that is gone (a killed job, an earlier test
+/// run) is removed by the next process that prepares the runtime; others stay.
+#[cfg(target_os = "linux")]
+#[test]
+fn stale_runtime_caches_are_removed() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let tmp = std::env::temp_dir();
+    let stale = tmp.join(format!("blindfold-cubecl-{dead}"));
+    let other = tmp.join(format!("blindfold-cubecl-{dead}x"));
+    std::fs::create_dir_all(stale.join("autotune")).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    blindfold_zone::device::prepare_runtime().unwrap();
+    assert!(!stale.exists(), "{}", stale.display());
+    assert!(other.exists());
+    assert!(tmp
+        .join(format!("blindfold-cubecl-{}", std::process::id()))
+        .exists());
+    std::fs::remove_dir_all(other).unwrap();
+}

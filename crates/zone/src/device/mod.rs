@@ -69,8 +69,45 @@ pub fn prepare_runtime() -> Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
     b.create(&dir)
         .map_err(|e| Error::BadInput(format!("{}: {e}", dir.display())))?;
+    remove_stale_runtime_caches(&dir);
     blindfold_gpu::configure_runtime(&dir);
     Ok(())
+}
+
+/// Removes the cache folders that processes no longer running left behind (a killed
+/// job, or a test process, which has no exit hook): those named
+/// `blindfold-cubecl-<pid>` in the same temporary folder, owned by the same user as
+/// `ours`, whose process is gone. Linux only (it asks `/proc`); elsewhere they stay.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn remove_stale_runtime_caches(ours: &std::path::Path) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let (Some(parent), Ok(me)) = (ours.parent(), std::fs::metadata(ours)) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("blindfold-cubecl-"))
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let alive = std::path::Path::new("/proc").join(pid).exists();
+            let mine = std::fs::symlink_metadata(e.path())
+                .is_ok_and(|m| m.is_dir() && m.uid() == me.uid());
+            if !alive && mine {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = ours;
 }
 
 /// Removes the folder CubeCL's autotune cache went to in this process, if any. Call it
