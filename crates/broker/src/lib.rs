@@ -123,20 +123,6 @@ pub fn load(dir: &Path, db: Option<&Path>, settings: Settings) -> Result<Arc<App
     let token = read_hex32(&d.file("token.key"))?;
     let admin = read_hex32(&d.file("admin.sha256"))?;
     let db = db::Db::open(db.unwrap_or(&d.db())).map_err(|e| e.to_string())?;
-    let sample: Vec<String> = db
-        .datasets()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|r| policy::Policy::parse(&r.policy).is_ok_and(|p| p.allows_sample()))
-        .map(|r| r.id)
-        .collect();
-    if !sample.is_empty() {
-        tracing::warn!(
-            "{} registered dataset(s) accept the `sample` TEE, which has no hardware root of trust: {}",
-            sample.len(),
-            sample.join(", ")
-        );
-    }
     AppState::new(db, master, token, admin, settings)
 }
 

@@ -75,6 +75,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Ids of the registered datasets whose policy accepts the `sample` TEE (no
+    /// hardware root of trust): `broker serve` warns about them at start-up.
+    pub fn datasets_accepting_sample(&self) -> Result<Vec<String>, String> {
+        Ok(self
+            .db
+            .datasets()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| crate::policy::Policy::parse(&r.policy).is_ok_and(|p| p.allows_sample()))
+            .map(|r| r.id)
+            .collect())
+    }
+
     /// State over an open database and the broker's keys.
     pub fn new(
         db: Db,

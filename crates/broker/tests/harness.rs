@@ -170,6 +170,10 @@ fn grant_sample_when_the_policy_names_it() {
         last.insecure_sample && last.reason.contains("insecure_sample"),
         "{last:?}"
     );
+    // What `broker serve` warns about at start-up: the sample-accepting policies only.
+    assert_eq!(b.register(&id(2), "tee = [\"snp\"]\n").0, 200);
+    let reloaded = blindfold_broker::load(b.dir.path(), None, Settings::default()).unwrap();
+    assert_eq!(reloaded.datasets_accepting_sample().unwrap(), vec![id(1)]);
 }
 
 #[test]

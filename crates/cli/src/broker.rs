@@ -240,6 +240,14 @@ pub fn run(
             if insecure_http {
                 eprintln!("WARNING: --insecure-http: the admin token and all traffic cross the network in the clear");
             }
+            let sample = state.datasets_accepting_sample().map_err(Error::BadInput)?;
+            if !sample.is_empty() {
+                eprintln!(
+                    "WARNING: {} registered dataset(s) accept the `sample` TEE, which has no hardware root of trust (every such release is marked in the audit log): {}",
+                    sample.len(),
+                    sample.join(", ")
+                );
+            }
             eprintln!(
                 "broker listening on {}://{}",
                 if insecure_http { "http" } else { "https" },
