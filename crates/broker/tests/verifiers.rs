@@ -68,19 +68,27 @@ mod snp {
         assert_eq!(c.measurement, c_raw.measurement);
         assert_eq!(format!("{:?}", c.snp_tcb), format!("{:?}", c_raw.snp_tcb));
         assert_eq!(c.report_version, Some(2));
-        // A changed measurement, report data or TCB no longer matches the signature.
-        for (field, i) in [("measurement", 0), ("report_data", 63), ("chip_id", 5)] {
+        // A changed measurement or report data no longer matches the signature; a changed
+        // chip id no longer matches the VCEK (checked first).
+        for (field, i, why) in [
+            ("measurement", 0, "not signed"),
+            ("report_data", 63, "not signed"),
+            ("chip_id", 5, "another chip"),
+        ] {
             let mut bad = gc.clone();
             let b = &mut bad["attestation_report"][field][i];
             *b = json!(b.as_u64().unwrap() ^ 1);
             assert!(
-                matches!(v.verify_signed(&bad), Err(Rejection::Evidence(m)) if m.contains("not signed")),
+                matches!(v.verify_signed(&bad), Err(Rejection::Evidence(m)) if m.contains(why)),
                 "{field}"
             );
         }
+        // A report claiming another TCB than its VCEK was issued for is refused as such.
         let mut bad = gc.clone();
         bad["attestation_report"]["reported_tcb"]["snp"] = json!(9);
-        assert!(v.verify_signed(&bad).is_err());
+        assert!(
+            matches!(v.verify_signed(&bad), Err(Rejection::Evidence(m)) if m.contains("the VCEK is for SNP SPL 8, the report says 9"))
+        );
         // A field of the wrong length, a missing VCEK, or another certificate type.
         let mut bad = gc.clone();
         bad["attestation_report"]["measurement"]
@@ -131,6 +139,29 @@ mod snp {
             matches!(&e, Rejection::Evidence(m) if m.contains("another chip")),
             "{e:?}"
         );
+    }
+
+    /// The verifier itself (not only the helper) refuses a report whose reported TCB or
+    /// chip id differs from what its VCEK was issued for.
+    #[test]
+    fn the_verifier_checks_the_vcek_against_the_report() {
+        let r = report();
+        let v = SnpVerifier::new();
+        // REPORTED_TCB at 0x180: bootloader, TEE, 4 reserved, SNP, microcode.
+        for (at, what) in [
+            (0x180, "bootloader SPL"),
+            (0x186, "SNP SPL"),
+            (0x187, "microcode SPL"),
+            (0x1a0, "another chip"),
+        ] {
+            let mut t = r.clone();
+            t[at] ^= 0x01;
+            let res = v.verify(&evidence(&t), &own_binding(&t));
+            assert!(
+                matches!(&res, Err(Rejection::Evidence(m)) if m.contains(what)),
+                "byte {at:#x}: {res:?}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl Verifier for SnpVerifier {
             .map_err(|e| Rejection::Evidence(format!("report: {e}")))?;
         let vcek = Certificate::from_der(&vcek_der)
             .map_err(|e| Rejection::Evidence(format!("VCEK: {e}")))?;
+        // Before the signature, so that a mismatch is named as such (a VCEK of another
+        // TCB or chip has another key and would fail the signature check anyway).
+        check_vcek_binds_report(&vcek_der, &report)?;
         let signed = self.roots.iter().any(|(_, ca)| {
             let chain = Chain {
                 ca: ca.clone(),
