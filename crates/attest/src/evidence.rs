@@ -1,6 +1,11 @@
 //! Evidence from the platform. On SEV-SNP and TDX guests, Linux's configfs-tsm
 //! (`/sys/kernel/config/tsm/report`) returns a hardware report over 64 bytes of report
 //! data; elsewhere, only when asked for, the `sample` TEE's self-declared evidence.
+//!
+//! Hardware evidence is sent in the forms Trustee's stock attester sends
+//! (docs/broker-protocol.md §2.1), so that both blindfold's broker and a stock Trustee
+//! KBS read it: SNP as guest-components' `{attestation_report, cert_chain}`, TDX as
+//! `{quote}` (base64), with quote collateral added only when the job was given some.
 
 use std::fs;
 use std::path::Path;
@@ -25,7 +30,9 @@ pub enum EvidenceSource {
         root: std::path::PathBuf,
         /// The TEE it serves (`snp` or `tdx`), as found by [`EvidenceSource::detect`].
         tee: String,
-        /// TDX: quote collateral JSON (from Intel PCS or a PCCS), carried to the broker.
+        /// TDX: quote collateral JSON (dcap-qvl's `QuoteCollateralV3`, from Intel PCS or
+        /// a PCCS) to carry to the broker. Not needed when the broker holds collateral
+        /// for the platform (`broker tdx-collateral`).
         tdx_collateral: Option<Value>,
     },
 }
@@ -81,19 +88,53 @@ impl EvidenceSource {
             } => {
                 let (_, out, aux) = tsm_report(root, &blindfold_protocol::report_data_64(binding))?;
                 match tee.as_str() {
-                    "snp" => {
-                        let vcek = aux.as_deref().and_then(vcek_from_cert_table).ok_or_else(|| {
-                            Error::Evidence("the SNP report came without a VCEK in its certificate table (configure the host's extended report certificates)".into())
-                        })?;
-                        Ok(json!({"report": STANDARD.encode(out), "vcek": STANDARD.encode(vcek)}))
-                    }
-                    _ => Ok(
-                        json!({"quote": STANDARD.encode(out), "collateral": tdx_collateral.clone().ok_or_else(|| Error::Evidence("TDX needs quote collateral (BLINDFOLD_TDX_COLLATERAL)".into()))?}),
-                    ),
+                    "snp" => snp_evidence(&out, aux.as_deref()),
+                    _ => Ok(tdx_evidence(&out, tdx_collateral.as_ref())),
                 }
             }
         }
     }
+
+    /// The same source, carrying TDX quote collateral to the broker (read from a JSON
+    /// file, e.g. Intel PCS's answer in dcap-qvl's `QuoteCollateralV3` form).
+    pub fn with_tdx_collateral(self, file: &Path) -> Result<EvidenceSource, Error> {
+        let text =
+            fs::read(file).map_err(|e| Error::Evidence(format!("{}: {e}", file.display())))?;
+        let value: Value = serde_json::from_slice(&text)
+            .map_err(|e| Error::Evidence(format!("{}: not JSON: {e}", file.display())))?;
+        match self {
+            EvidenceSource::Tsm { root, tee, .. } if tee == "tdx" => Ok(EvidenceSource::Tsm {
+                root,
+                tee,
+                tdx_collateral: Some(value),
+            }),
+            other => Err(Error::Evidence(format!(
+                "TDX collateral given, but the evidence is {}",
+                other.tee()
+            ))),
+        }
+    }
+}
+
+/// SNP evidence in guest-components' form from configfs-tsm's `outblob` (the report)
+/// and `auxblob` (the host's certificate table, which must hold the VCEK).
+pub fn snp_evidence(report: &[u8], cert_table: Option<&[u8]>) -> Result<Value, Error> {
+    let ev = blindfold_protocol::snp::SnpEvidence::from_raw(report, cert_table)
+        .map_err(|e| Error::Evidence(e.to_string()))?;
+    if ev.vcek().is_err() {
+        return Err(Error::Evidence("the SNP report came without exactly one VCEK in its certificate table (configure the host's extended report certificates)".into()));
+    }
+    serde_json::to_value(ev).map_err(|e| Error::Evidence(e.to_string()))
+}
+
+/// TDX evidence as Trustee's attester sends it (`quote`, base64), plus `collateral`
+/// when given.
+pub fn tdx_evidence(quote: &[u8], collateral: Option<&Value>) -> Value {
+    let mut v = json!({ "quote": STANDARD.encode(quote) });
+    if let Some(c) = collateral {
+        v["collateral"] = c.clone();
+    }
+    v
 }
 
 /// What configfs-tsm returns: provider name, report (outblob), certificates (auxblob).
@@ -119,27 +160,4 @@ fn tsm_report(root: &Path, inblob: &[u8; 64]) -> Result<TsmReport, Error> {
     })();
     let _ = fs::remove_dir(&dir);
     result
-}
-
-/// The VCEK from an SNP certificate table (GUID, offset, length entries; zero GUID ends).
-pub fn vcek_from_cert_table(t: &[u8]) -> Option<Vec<u8>> {
-    // 63da758d-e664-4564-adc5-f4b93be8accd, in the table's little-endian GUID layout.
-    const VCEK: [u8; 16] = [
-        0x8d, 0x75, 0xda, 0x63, 0x64, 0xe6, 0x64, 0x45, 0xad, 0xc5, 0xf4, 0xb9, 0x3b, 0xe8, 0xac,
-        0xcd,
-    ];
-    let mut at = 0;
-    while at + 24 <= t.len() {
-        let guid = &t[at..at + 16];
-        if guid.iter().all(|&b| b == 0) {
-            break;
-        }
-        let off = u32::from_le_bytes(t[at + 16..at + 20].try_into().ok()?) as usize;
-        let len = u32::from_le_bytes(t[at + 20..at + 24].try_into().ok()?) as usize;
-        if guid == VCEK {
-            return t.get(off..off.checked_add(len)?).map(<[u8]>::to_vec);
-        }
-        at += 24;
-    }
-    None
 }

@@ -164,6 +164,34 @@ mod snp {
         }
     }
 
+    /// What blindfold's trainer sends on an SNP guest (built from configfs-tsm's report
+    /// and certificate table) is byte for byte what guest-components' attester sends for
+    /// the same report, and the broker verifies it.
+    #[test]
+    fn the_trainers_snp_evidence_is_the_stock_attesters() {
+        let r = report();
+        let vcek = data("vcek_milan.der");
+        // A certificate table as the host returns it: a VCEK entry, the zero entry, the DER.
+        let mut table = hex::decode("8d75da6364e66445adc5f4b93be8accd").unwrap();
+        table.extend_from_slice(&48u32.to_le_bytes());
+        table.extend_from_slice(&(vcek.len() as u32).to_le_bytes());
+        table.extend_from_slice(&[0; 24]);
+        table.extend_from_slice(&vcek);
+        let ours = blindfold_attest::evidence::snp_evidence(&r, Some(&table)).unwrap();
+        let stock = String::from_utf8(data("snp_guest_components_milan.json")).unwrap();
+        assert_eq!(serde_json::to_string(&ours).unwrap(), stock.trim());
+        let v = SnpVerifier::new();
+        let (c, rd) = v.verify_signed(&ours).unwrap();
+        assert_eq!(rd, r[0x50..0x90]);
+        assert_eq!(c.measurement, Some(hex::encode(&r[0x90..0xc0])));
+        // No certificate table, or one without a VCEK: the trainer says so before sending.
+        for t in [None, Some(&[0u8; 24][..])] {
+            let e = blindfold_attest::evidence::snp_evidence(&r, t).unwrap_err();
+            assert!(e.to_string().contains("VCEK"), "{e}");
+        }
+        assert!(blindfold_attest::evidence::snp_evidence(&r[..1000], Some(&table)).is_err());
+    }
+
     #[test]
     fn tampered_reports_and_foreign_vceks_are_rejected() {
         let r = report();

@@ -9,6 +9,8 @@
 pub mod canonical;
 pub mod errors;
 pub mod jwe;
+#[cfg(feature = "snp")]
+pub mod snp;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};

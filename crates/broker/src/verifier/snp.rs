@@ -6,9 +6,11 @@
 //!   certificate in DER}`;
 //! - guest-components' (Trustee's stock attester): `{"attestation_report": the report
 //!   as the `sev` crate's serde writes it (fields as JSON numbers and byte arrays),
-//!   "cert_chain": [{"cert_type": "VCEK", "data": [DER bytes]}, ...]}`. The raw report
-//!   is rebuilt from those fields with `sev`'s encoder and the signature is checked over
-//!   the rebuilt bytes, so a field misread or left out fails the signature check.
+//!   "cert_chain": [{"cert_type": "VCEK", "data": [DER bytes]}, ...]}`
+//!   ([`blindfold_protocol::snp`]; blindfold's trainer sends this form too). The raw
+//!   report is rebuilt from those fields with `sev`'s encoder and the signature is
+//!   checked over the rebuilt bytes, so a field misread or left out fails the signature
+//!   check.
 //!
 //! The VCEK's TCB extensions (bootloader, TEE, SNP, microcode SPLs) must equal the
 //! report's reported TCB, and its hardware id the report's chip id (unless the report
@@ -20,6 +22,8 @@ use serde_json::Value;
 use sev::certs::snp::{builtin, ca, Certificate, Chain, Verifiable};
 use sev::firmware::guest::AttestationReport;
 use sev::parser::ByteParser;
+
+use blindfold_protocol::snp::SnpEvidence;
 
 use super::{b64_field, Claims, Rejection, SnpTcb, Verifier};
 
@@ -54,7 +58,14 @@ impl Default for SnpVerifier {
 impl Verifier for SnpVerifier {
     fn verify_signed(&self, evidence: &Value) -> Result<(Claims, Vec<u8>), Rejection> {
         let (raw, vcek_der) = if evidence.get("attestation_report").is_some() {
-            guest_components::raw_report_and_vcek(evidence)?
+            let gc: SnpEvidence = serde_json::from_value(evidence.clone()).map_err(|e| {
+                Rejection::Evidence(format!("SNP evidence (guest-components form): {e}"))
+            })?;
+            let malformed = |e: blindfold_protocol::Error| Rejection::Evidence(e.to_string());
+            (
+                gc.raw_report().map_err(malformed)?,
+                gc.vcek().map_err(malformed)?.to_vec(),
+            )
         } else {
             (b64_field(evidence, "report")?, b64_field(evidence, "vcek")?)
         };
@@ -98,173 +109,6 @@ impl Verifier for SnpVerifier {
             insecure: false,
         };
         Ok((claims, report.report_data.to_vec()))
-    }
-}
-
-/// The evidence form of guest-components' SNP attester, which Trustee's stock client
-/// sends.
-mod guest_components {
-    use serde::Deserialize;
-    use serde_json::Value;
-    use sev::certs::snp::ecdsa::Signature;
-    use sev::firmware::guest::{AttestationReport, GuestPolicy, KeyInfo, PlatformInfo, Version};
-    use sev::firmware::host::TcbVersion;
-    use sev::parser::ByteParser;
-
-    use super::Rejection;
-
-    #[derive(Deserialize)]
-    struct Evidence {
-        attestation_report: Report,
-        cert_chain: Option<Vec<CertEntry>>,
-    }
-
-    #[derive(Deserialize)]
-    struct CertEntry {
-        /// `"VCEK"`, `"VLEK"`, `"ASK"`, `"ARK"`, `"Empty"` or `{"OTHER": uuid}`.
-        cert_type: Value,
-        data: Vec<u8>,
-    }
-
-    #[derive(Deserialize)]
-    struct Tcb {
-        fmc: Option<u8>,
-        bootloader: u8,
-        tee: u8,
-        snp: u8,
-        microcode: u8,
-    }
-
-    #[derive(Deserialize)]
-    struct Ver {
-        major: u8,
-        minor: u8,
-        build: u8,
-    }
-
-    #[derive(Deserialize)]
-    struct Sig {
-        r: Vec<u8>,
-        s: Vec<u8>,
-    }
-
-    #[derive(Deserialize)]
-    struct Report {
-        version: u32,
-        guest_svn: u32,
-        policy: u64,
-        family_id: Vec<u8>,
-        image_id: Vec<u8>,
-        vmpl: u32,
-        sig_algo: u32,
-        current_tcb: Tcb,
-        plat_info: u64,
-        key_info: u32,
-        report_data: Vec<u8>,
-        measurement: Vec<u8>,
-        host_data: Vec<u8>,
-        id_key_digest: Vec<u8>,
-        author_key_digest: Vec<u8>,
-        report_id: Vec<u8>,
-        report_id_ma: Vec<u8>,
-        reported_tcb: Tcb,
-        cpuid_fam_id: Option<u8>,
-        cpuid_mod_id: Option<u8>,
-        cpuid_step: Option<u8>,
-        chip_id: Vec<u8>,
-        committed_tcb: Tcb,
-        current: Ver,
-        committed: Ver,
-        launch_tcb: Tcb,
-        launch_mit_vector: Option<u64>,
-        current_mit_vector: Option<u64>,
-        signature: Sig,
-    }
-
-    fn bytes<const N: usize>(v: &[u8], name: &str) -> Result<[u8; N], Rejection> {
-        v.try_into().map_err(|_| {
-            Rejection::Evidence(format!(
-                "attestation_report.{name} is {} bytes, expected {N}",
-                v.len()
-            ))
-        })
-    }
-
-    fn tcb(t: &Tcb) -> TcbVersion {
-        TcbVersion {
-            fmc: t.fmc,
-            bootloader: t.bootloader,
-            tee: t.tee,
-            snp: t.snp,
-            microcode: t.microcode,
-        }
-    }
-
-    fn version(v: &Ver) -> Version {
-        Version::new(v.major, v.minor, v.build)
-    }
-
-    /// The raw 1184-byte report rebuilt from its fields, and the VCEK (DER) from the
-    /// certificate table.
-    pub(super) fn raw_report_and_vcek(evidence: &Value) -> Result<(Vec<u8>, Vec<u8>), Rejection> {
-        let e: Evidence = serde_json::from_value(evidence.clone()).map_err(|e| {
-            Rejection::Evidence(format!("SNP evidence (guest-components form): {e}"))
-        })?;
-        let r = &e.attestation_report;
-        let report = AttestationReport {
-            version: r.version,
-            guest_svn: r.guest_svn,
-            policy: GuestPolicy::from(r.policy),
-            family_id: bytes(&r.family_id, "family_id")?,
-            image_id: bytes(&r.image_id, "image_id")?,
-            vmpl: r.vmpl,
-            sig_algo: r.sig_algo,
-            current_tcb: tcb(&r.current_tcb),
-            plat_info: PlatformInfo::from(r.plat_info),
-            key_info: KeyInfo::from(r.key_info),
-            report_data: bytes(&r.report_data, "report_data")?,
-            measurement: bytes(&r.measurement, "measurement")?,
-            host_data: bytes(&r.host_data, "host_data")?,
-            id_key_digest: bytes(&r.id_key_digest, "id_key_digest")?,
-            author_key_digest: bytes(&r.author_key_digest, "author_key_digest")?,
-            report_id: bytes(&r.report_id, "report_id")?,
-            report_id_ma: bytes(&r.report_id_ma, "report_id_ma")?,
-            reported_tcb: tcb(&r.reported_tcb),
-            cpuid_fam_id: r.cpuid_fam_id,
-            cpuid_mod_id: r.cpuid_mod_id,
-            cpuid_step: r.cpuid_step,
-            chip_id: bytes(&r.chip_id, "chip_id")?,
-            committed_tcb: tcb(&r.committed_tcb),
-            current: version(&r.current),
-            committed: version(&r.committed),
-            launch_tcb: tcb(&r.launch_tcb),
-            launch_mit_vector: r.launch_mit_vector,
-            current_mit_vector: r.current_mit_vector,
-            signature: Signature::new(
-                bytes(&r.signature.r, "signature.r")?,
-                bytes(&r.signature.s, "signature.s")?,
-            ),
-        };
-        let raw = report
-            .to_bytes()
-            .map_err(|e| Rejection::Evidence(format!("attestation_report: {e}")))?;
-        let mut vceks = e
-            .cert_chain
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|c| c.cert_type == "VCEK");
-        let vcek = match (vceks.next(), vceks.next()) {
-            (Some(c), None) => c.data,
-            (None, _) => {
-                return Err(Rejection::Evidence(
-                    "cert_chain holds no VCEK (VLEK-signed reports are not supported)".into(),
-                ))
-            }
-            (Some(_), Some(_)) => {
-                return Err(Rejection::Evidence("cert_chain holds two VCEKs".into()))
-            }
-        };
-        Ok((raw.as_ref().to_vec(), vcek))
     }
 }
 
