@@ -44,6 +44,10 @@ impl BrokerDir {
     pub fn db(&self) -> PathBuf {
         self.file("broker.db")
     }
+    /// The owner's TDX quote collateral, one file per platform (`broker tdx-collateral`).
+    pub fn tdx_collateral(&self) -> PathBuf {
+        self.file("tdx-collateral")
+    }
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -55,6 +59,23 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(data)?;
     f.sync_all()
+}
+
+/// Writes `data` to `path` (0600) through a synced temporary file in the same folder
+/// and a rename, so that readers see the old file or the new one, never a part.
+pub(crate) fn write_replacing(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        hex::encode(random::<8>()?)
+    ));
+    let written = write_private(&tmp, data).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    fs::File::open(dir)?.sync_all()
 }
 
 fn random<const N: usize>() -> std::io::Result<[u8; N]> {
@@ -123,7 +144,13 @@ pub fn load(dir: &Path, db: Option<&Path>, settings: Settings) -> Result<Arc<App
     let token = read_hex32(&d.file("token.key"))?;
     let admin = read_hex32(&d.file("admin.sha256"))?;
     let db = db::Db::open(db.unwrap_or(&d.db())).map_err(|e| e.to_string())?;
-    AppState::new(db, master, token, admin, settings)
+    let state = AppState::new(db, master, token, admin, settings)?;
+    #[cfg(feature = "tdx")]
+    let state = state.with_verifier(
+        "tdx",
+        Box::new(verifier::tdx::TdxVerifier::new().with_collateral_store(&d.tdx_collateral())),
+    );
+    Ok(state)
 }
 
 /// Serves on `listener` until the process ends. With `tls`, HTTPS with the folder's

@@ -57,6 +57,34 @@ pub struct TdxRules {
     /// TCB statuses accepted (default `["UpToDate"]`).
     #[serde(default)]
     pub allow_status: Vec<String>,
+    /// Accepted values of RTMR0 (firmware configuration), lowercase hex. Empty: any.
+    #[serde(default)]
+    pub rtmr0: Vec<String>,
+    /// Accepted values of RTMR1 (OS loader and kernel). Empty: any.
+    #[serde(default)]
+    pub rtmr1: Vec<String>,
+    /// Accepted values of RTMR2 (kernel command line, initrd). Empty: any.
+    #[serde(default)]
+    pub rtmr2: Vec<String>,
+    /// Accepted values of RTMR3 (extended at run time). Empty: any.
+    #[serde(default)]
+    pub rtmr3: Vec<String>,
+}
+
+impl TdxRules {
+    fn rtmrs(&self) -> [&[String]; 4] {
+        [&self.rtmr0, &self.rtmr1, &self.rtmr2, &self.rtmr3]
+    }
+}
+
+/// A 48-byte register value in lowercase hex, as the claims carry it.
+fn check_48_hex(what: &str, m: &str) -> Result<(), String> {
+    if hex::decode(m).map_or(true, |b| b.len() != 48) || m.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!(
+            "policy: {what} {m:?} is not 48 bytes of lowercase hex"
+        ));
+    }
+    Ok(())
 }
 
 impl Policy {
@@ -72,12 +100,11 @@ impl Policy {
             }
         }
         for m in &p.measurements {
-            if hex::decode(m).map_or(true, |b| b.len() != 48)
-                || m.chars().any(|c| c.is_ascii_uppercase())
-            {
-                return Err(format!(
-                    "policy: measurement {m:?} is not 48 bytes of lowercase hex"
-                ));
+            check_48_hex("measurement", m)?;
+        }
+        for (i, list) in p.tdx.iter().flat_map(|t| t.rtmrs().into_iter().enumerate()) {
+            for m in list {
+                check_48_hex(&format!("tdx.rtmr{i}"), m)?;
             }
         }
         Ok(p)
@@ -148,7 +175,80 @@ impl Policy {
             if !allowed.iter().any(|a| a == st) {
                 return Err(format!("TDX TCB status {st:?} not allowed"));
             }
+            if let Some(rules) = &self.tdx {
+                for (i, list) in rules.rtmrs().into_iter().enumerate() {
+                    if list.is_empty() {
+                        continue;
+                    }
+                    match &c.tdx_rtmrs {
+                        Some(r) if list.contains(&r[i]) => {}
+                        Some(r) => return Err(format!("RTMR{i} {} not allowed", r[i])),
+                        None => return Err("TDX evidence without RTMRs".into()),
+                    }
+                }
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tdx_claims(rtmr: [&str; 4]) -> Claims {
+        Claims {
+            tee: "tdx".into(),
+            measurement: Some("aa".repeat(48)),
+            snp_tcb: None,
+            report_version: None,
+            tdx_status: Some("UpToDate".into()),
+            tdx_rtmrs: Some(rtmr.map(|r| r.repeat(48))),
+            insecure: false,
+        }
+    }
+
+    #[test]
+    fn rtmr_rules_accept_listed_values_and_deny_others() {
+        let p = Policy::parse(&format!(
+            "tee = [\"tdx\"]\n[tdx]\nrtmr1 = [\"{}\", \"{}\"]\nrtmr3 = [\"{}\"]\n",
+            "11".repeat(48),
+            "12".repeat(48),
+            "33".repeat(48)
+        ))
+        .unwrap();
+        // RTMR0 and RTMR2 are not constrained; RTMR1 may take either listed value.
+        for r1 in ["11", "12"] {
+            p.evaluate(&tdx_claims(["00", r1, "ff", "33"]), None, 0, 0)
+                .unwrap();
+        }
+        let e = p
+            .evaluate(&tdx_claims(["00", "13", "ff", "33"]), None, 0, 0)
+            .unwrap_err();
+        assert_eq!(e, format!("RTMR1 {} not allowed", "13".repeat(48)));
+        let e = p
+            .evaluate(&tdx_claims(["00", "11", "ff", "34"]), None, 0, 0)
+            .unwrap_err();
+        assert!(e.starts_with("RTMR3 "), "{e}");
+        let mut none = tdx_claims(["00", "11", "ff", "33"]);
+        none.tdx_rtmrs = None;
+        assert_eq!(
+            p.evaluate(&none, None, 0, 0).unwrap_err(),
+            "TDX evidence without RTMRs"
+        );
+        // Without RTMR rules any value passes.
+        let open = Policy::parse("tee = [\"tdx\"]\n").unwrap();
+        open.evaluate(&tdx_claims(["01", "02", "03", "04"]), None, 0, 0)
+            .unwrap();
+    }
+
+    #[test]
+    fn malformed_rtmr_values_are_refused_at_parse() {
+        for bad in ["AA".repeat(48), "aa".repeat(47), "zz".repeat(48)] {
+            let e = Policy::parse(&format!("tee = [\"tdx\"]\n[tdx]\nrtmr2 = [\"{bad}\"]\n"))
+                .unwrap_err();
+            assert!(e.contains("tdx.rtmr2"), "{e}");
+        }
+        assert!(Policy::parse("tee = [\"tdx\"]\n[tdx]\nrtmr4 = []\n").is_err());
     }
 }

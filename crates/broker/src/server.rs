@@ -50,7 +50,10 @@ impl Default for Settings {
 
 enum Stage {
     Challenged,
-    Attested { pubkey: TeePubKey, claims: Claims },
+    Attested {
+        pubkey: TeePubKey,
+        claims: Box<Claims>,
+    },
     Spent,
 }
 
@@ -456,7 +459,7 @@ async fn attest(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body)
     if let Some(s) = st.sessions.lock().expect("session lock").get_mut(&sid) {
         s.stage = Stage::Attested {
             pubkey: att.runtime_data.tee_pubkey,
-            claims,
+            claims: Box::new(claims),
         };
     }
     axum::Json(json!({ "token": tok })).into_response()
@@ -497,7 +500,7 @@ async fn resource(
                 stage: Stage::Attested { pubkey, claims },
                 job,
                 ..
-            }) => (pubkey.clone(), claims.clone(), job.clone()),
+            }) => (pubkey.clone(), Claims::clone(claims), job.clone()),
             Some(_) => return fail(ErrorCode::Unauthorized, "this session has not attested"),
         }
     };

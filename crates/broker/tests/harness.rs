@@ -516,3 +516,64 @@ fn state_survives_a_restart() {
     let c = rusqlite::Connection::open(b2.db_path()).unwrap();
     assert_eq!(audit::verify(&c).unwrap().unwrap().seq, 1 + 2 * 3);
 }
+
+/// A TDX quote as Trustee's stock client sends it (`{cc_eventlog, quote}`, no
+/// collateral) reaches the broker's collateral store through the served endpoints: with
+/// an empty store the broker says which platform's collateral it lacks; once the owner
+/// added it (as `broker tdx-collateral` does), the quote is checked with it, and today
+/// that captured collateral has expired. Both are audited denials.
+#[test]
+fn tdx_quote_without_collateral_is_checked_with_the_brokers_store() {
+    let b = start(Settings::default());
+    b.register(&id(1), "tee = [\"tdx\"]\n");
+    let c = reqwest::blocking_free::client();
+    let kp = blindfold_protocol::jwe::TeeKeyPair::generate().unwrap();
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/evidence");
+    let quote = std::fs::read(testdata.join("tdx_quote")).unwrap();
+    let try_attest = || {
+        let (_, ch, ck) = auth(
+            &b,
+            &c,
+            json!({"version": "0.4.0", "tee": "tdx", "extra-params": {}}),
+        );
+        let mut a = attestation(ch["nonce"].as_str().unwrap(), &kp, &[]);
+        a["tee-evidence"]["primary_evidence"] =
+            json!({"cc_eventlog": null, "quote": STANDARD.encode(&quote)});
+        let (s, v) = c.raw(
+            "POST",
+            &format!("{}/kbs/v0/attest", b.url),
+            &[
+                ("cookie", ck.as_deref().unwrap()),
+                ("content-type", "application/json"),
+            ],
+            serde_json::to_vec(&a).unwrap(),
+        );
+        assert_eq!((s, code(&v).as_str()), (401, "EvidenceRejected"), "{v}");
+        v["detail"].as_str().unwrap_or_default().to_owned()
+    };
+    let why = try_attest();
+    assert!(
+        why.contains("holds none for FMSPC B0C06F000000") && why.contains("broker tdx-collateral"),
+        "{why}"
+    );
+    blindfold_broker::verifier::tdx::add_collateral(
+        &blindfold_broker::BrokerDir(b.dir.path().to_owned()).tdx_collateral(),
+        &std::fs::read(testdata.join("tdx_quote_collateral.json")).unwrap(),
+    )
+    .unwrap();
+    let why = try_attest();
+    assert!(
+        why.starts_with("quote:") && !why.contains("holds none"),
+        "{why}"
+    );
+    let a = b.audit();
+    assert_eq!(
+        a.iter()
+            .filter(|e| e.event == "attest"
+                && e.outcome == "denied"
+                && e.tee.as_deref() == Some("tdx"))
+            .count(),
+        2,
+        "{a:#?}"
+    );
+}

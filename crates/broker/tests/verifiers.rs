@@ -267,6 +267,69 @@ mod tdx {
         ));
     }
 
+    /// RTMR0..3 come out of the verified quote for the policy.
+    #[test]
+    fn rtmrs_are_claimed() {
+        let q = data("tdx_quote");
+        let (c, _) = TdxVerifier::insecure_fixed_time(NOW)
+            .verify_signed(&evidence(&q))
+            .unwrap();
+        // TD 1.0 report: RTMR0 at 328, each 48 bytes.
+        let want: [String; 4] = std::array::from_fn(|i| {
+            let at = 48 + 328 + 48 * i;
+            hex::encode(&q[at..at + 48])
+        });
+        assert_eq!(c.tdx_rtmrs, Some(want));
+    }
+
+    /// Trustee's stock client sends `{cc_eventlog, quote}` and no collateral: the broker
+    /// verifies it with collateral from its own store, which wins over any a client carries.
+    #[test]
+    fn the_brokers_collateral_store_serves_quotes_without_collateral() {
+        use blindfold_broker::verifier::tdx::add_collateral;
+        let q = data("tdx_quote");
+        let stock = json!({"cc_eventlog": "AAAA", "quote": STANDARD.encode(&q)});
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("tdx-collateral");
+        let v = TdxVerifier::insecure_fixed_time(NOW).with_collateral_store(&store);
+        let e = v.verify_signed(&stock).unwrap_err();
+        assert!(
+            matches!(&e, Rejection::Evidence(m) if m.contains("holds none for FMSPC B0C06F000000") && m.contains("broker tdx-collateral")),
+            "{e:?}"
+        );
+        let added = add_collateral(&store, &data("tdx_quote_collateral.json")).unwrap();
+        assert_eq!(added.fmspc, "B0C06F000000");
+        assert_eq!(added.next_update, "2025-07-19T10:16:03Z");
+        assert!(added
+            .path
+            .ends_with(format!("B0C06F000000-{}.json", added.ca)));
+        let (c, _) = v.verify_signed(&stock).unwrap();
+        assert_eq!(c.tdx_status.as_deref(), Some("UpToDate"));
+        // A client's collateral is not used when the store has one for the platform.
+        let mut broken = evidence(&q);
+        broken["collateral"]["tcb_info"] = json!("{}");
+        assert!(v.verify_signed(&broken).is_ok());
+        assert!(TdxVerifier::insecure_fixed_time(NOW)
+            .verify_signed(&broken)
+            .is_err());
+        // The store's collateral is checked like any other: expired at today's date.
+        let today = TdxVerifier::new().with_collateral_store(&store);
+        assert!(
+            matches!(today.verify_signed(&stock), Err(Rejection::Evidence(m)) if m.starts_with("quote:"))
+        );
+        // Adding refuses what is not TDX collateral, and leaves the store as it was.
+        let before = std::fs::read_dir(&store).unwrap().count();
+        assert!(add_collateral(&store, b"{}").is_err());
+        let mut sgx: Value = serde_json::from_slice(&data("tdx_quote_collateral.json")).unwrap();
+        sgx["tcb_info"] = json!(sgx["tcb_info"]
+            .as_str()
+            .unwrap()
+            .replace("\"id\":\"TDX\"", "\"id\":\"SGX\""));
+        let e = add_collateral(&store, sgx.to_string().as_bytes()).unwrap_err();
+        assert!(e.contains("not TDX"), "{e}");
+        assert_eq!(std::fs::read_dir(&store).unwrap().count(), before);
+    }
+
     #[test]
     fn tampered_quotes_are_rejected() {
         let q = data("tdx_quote");

@@ -34,6 +34,8 @@ pub struct Claims {
     pub report_version: Option<u32>,
     /// TDX TCB status from Intel's collateral.
     pub tdx_status: Option<String>,
+    /// TDX runtime measurement registers RTMR0..3, lowercase hex.
+    pub tdx_rtmrs: Option<[String; 4]>,
     /// True for evidence without a hardware root of trust (`sample`).
     pub insecure: bool,
 }

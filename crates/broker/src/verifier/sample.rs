@@ -31,6 +31,7 @@ impl Verifier for SampleVerifier {
             snp_tcb: None,
             report_version: None,
             tdx_status: None,
+            tdx_rtmrs: None,
             insecure: true,
         };
         Ok((claims, rd))

@@ -106,6 +106,7 @@ impl Verifier for SnpVerifier {
             }),
             report_version: Some(report.version),
             tdx_status: None,
+            tdx_rtmrs: None,
             insecure: false,
         };
         Ok((claims, report.report_data.to_vec()))
