@@ -80,6 +80,24 @@ pub enum BrokerCmd {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Add Intel TDX quote collateral to the broker's store (on the broker's host).
+    ///
+    /// Collateral (TCB info, QE identity and CRLs, all signed by Intel) lets the broker
+    /// verify TDX quotes that arrive without any, as Trustee's stock client sends them.
+    /// Fetch it for each platform (FMSPC) your jobs run on from Intel PCS or your PCCS,
+    /// in dcap-qvl's QuoteCollateralV3 JSON form, and add it again before the
+    /// `nextUpdate` printed here: after that, quotes from that platform are refused.
+    /// Each file replaces the one for the same FMSPC and PCK CA; a running broker uses
+    /// it from the next attestation on. The store's collateral wins over any a client
+    /// carries, so a client cannot pick an older one.
+    TdxCollateral {
+        /// The broker's folder.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Collateral files (JSON).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// Print the audit log (on the broker's host); with --verify, check its hash chain.
     Audit {
         /// The broker's folder.
@@ -121,6 +139,19 @@ pub struct FetchArgs {
     /// Dataset id (hex).
     #[arg(long, value_name = "ID")]
     dataset: String,
+    #[command(flatten)]
+    evidence: EvidenceArgs,
+    /// Job name, checked by the policy.
+    #[arg(long, value_name = "NAME")]
+    job: Option<String>,
+    /// The broker's TLS certificate to trust.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+}
+
+/// Where a training job's evidence comes from (`train`, `broker fetch-key`).
+#[derive(Args)]
+pub struct EvidenceArgs {
     /// Evidence: `tsm` (SEV-SNP or TDX guest, via configfs-tsm) or `sample` (no hardware
     /// root of trust; only policies that name it accept it).
     #[arg(long, default_value = "tsm", value_parser = ["tsm", "sample"])]
@@ -128,12 +159,28 @@ pub struct FetchArgs {
     /// Measurement to declare with `--tee sample`.
     #[arg(long, value_name = "HEX")]
     measurement: Option<String>,
-    /// Job name, checked by the policy.
-    #[arg(long, value_name = "NAME")]
-    job: Option<String>,
-    /// The broker's TLS certificate to trust.
+    /// TDX: quote collateral (JSON, dcap-qvl's QuoteCollateralV3 form) to send with the
+    /// quote, for a broker that holds none for this platform (`broker tdx-collateral`).
     #[arg(long, value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
+    tdx_collateral: Option<PathBuf>,
+}
+
+impl EvidenceArgs {
+    /// The evidence source these arguments name.
+    pub fn source(&self) -> Result<EvidenceSource, Error> {
+        let bad = |e: blindfold_attest::Error| Error::BadInput(e.to_string());
+        let src = match self.tee.as_str() {
+            "sample" => EvidenceSource::InsecureSample {
+                measurement: self.measurement.clone(),
+            },
+            _ => EvidenceSource::detect(Path::new(blindfold_attest::evidence::TSM_ROOT))
+                .map_err(bad)?,
+        };
+        match &self.tdx_collateral {
+            Some(f) => src.with_tdx_collateral(f).map_err(bad),
+            None => Ok(src),
+        }
+    }
 }
 
 fn read(p: &Path) -> Result<Vec<u8>, Error> {
@@ -194,6 +241,22 @@ fn admin_call(a: &AdminArgs, path: &str, body: &Value) -> Result<Value, Error> {
             )));
         }
         Ok(v)
+    })
+}
+
+/// A sealed dataset's release object: what the broker hands an attested job (dataset
+/// id, key, manifest digest and version), for `register` and `export-kbs-resource`.
+fn release_object(
+    ks: &blindfold_owner::KeyStore,
+    dest: &str,
+) -> Result<blindfold_protocol::Release, Error> {
+    let ds = blindfold_owner::SealedDataset::open(ks, blindfold_store::Store::open(dest, false)?)?;
+    let (dataset_id, key, digest, version) = ds.broker_registration();
+    Ok(blindfold_protocol::Release {
+        dataset_id,
+        key: STANDARD.encode(&key[..]),
+        manifest_sha256: hex::encode(digest),
+        version,
     })
 }
 
@@ -270,16 +333,12 @@ pub fn run(
             let text = String::from_utf8(read(&policy)?)
                 .map_err(|_| Error::BadInput("policy is not UTF-8".into()))?;
             let p = blindfold_broker::policy::Policy::parse(&text).map_err(Error::BadInput)?;
-            let ks = keystore()?;
-            let ds = blindfold_owner::SealedDataset::open(
-                &ks,
-                blindfold_store::Store::open(&dest, false)?,
-            )?;
-            let (id, key, digest, version) = ds.broker_registration();
+            let rel = release_object(&keystore()?, &dest)?;
+            let (id, version) = (rel.dataset_id.clone(), rel.version);
             let reg = Registration {
                 dataset_id: id.clone(),
-                key: STANDARD.encode(&key[..]),
-                manifest_sha256: hex::encode(digest),
+                key: rel.key.clone(),
+                manifest_sha256: rel.manifest_sha256.clone(),
                 version,
                 policy: text,
             };
@@ -301,18 +360,8 @@ pub fn run(
                     "refusing to print a dataset key to a terminal: pipe it into the KBS admin client (see --help)".into(),
                 ));
             }
-            let ks = keystore()?;
-            let ds = blindfold_owner::SealedDataset::open(
-                &ks,
-                blindfold_store::Store::open(&dest, false)?,
-            )?;
-            let (id, key, digest, version) = ds.broker_registration();
-            let release = blindfold_protocol::Release {
-                dataset_id: id.clone(),
-                key: STANDARD.encode(&key[..]),
-                manifest_sha256: hex::encode(digest),
-                version,
-            };
+            let release = release_object(&keystore()?, &dest)?;
+            let (id, version) = (release.dataset_id.clone(), release.version);
             let bytes = zeroize::Zeroizing::new(
                 serde_json::to_vec(&release).map_err(|e| Error::Bug(e.to_string()))?,
             );
@@ -332,6 +381,29 @@ pub fn run(
                 &Value::Null,
             )?;
             println!("revoked {dataset}");
+        }
+        BrokerCmd::TdxCollateral { dir, files } => {
+            let d = BrokerDir(dir);
+            if !d.cert().exists() {
+                return Err(Error::BadInput(format!(
+                    "{} is not a broker folder (create one with `blindfold broker init`)",
+                    d.0.display()
+                )));
+            }
+            for f in files {
+                let stored = blindfold_broker::verifier::tdx::add_collateral(
+                    &d.tdx_collateral(),
+                    &read(&f)?,
+                )
+                .map_err(|e| Error::BadInput(format!("{}: {e}", f.display())))?;
+                println!(
+                    "stored TDX collateral for FMSPC {} ({} CA) as {}; TCB info valid until {}",
+                    stored.fmspc,
+                    stored.ca,
+                    stored.path.display(),
+                    stored.next_update
+                );
+            }
         }
         BrokerCmd::Audit { dir, db, verify } => {
             let path = db.unwrap_or_else(|| BrokerDir(dir).db());
@@ -367,13 +439,7 @@ pub fn run(
             }
         }
         BrokerCmd::FetchKey(a) => {
-            let ev = match a.tee.as_str() {
-                "sample" => EvidenceSource::InsecureSample {
-                    measurement: a.measurement.clone(),
-                },
-                _ => EvidenceSource::detect(Path::new(blindfold_attest::evidence::TSM_ROOT))
-                    .map_err(|e| Error::BadInput(e.to_string()))?,
-            };
+            let ev = a.evidence.source()?;
             let ca = a.ca_cert.as_deref().map(read).transpose()?;
             let opts = FetchOptions {
                 broker: a.broker.clone(),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use blindfold_attest::{EvidenceSource, FetchOptions};
+use blindfold_attest::FetchOptions;
 use blindfold_owner::import::{Format, ImportOptions, OutputSet};
 use blindfold_owner::{Error, KeyStore};
 use blindfold_store::Store;
@@ -113,13 +113,8 @@ pub struct TrainArgs {
     /// Job name, checked by the dataset's policy.
     #[arg(long, value_name = "NAME")]
     job: Option<String>,
-    /// Evidence: `tsm` (SEV-SNP or TDX guest, via configfs-tsm) or `sample` (no hardware
-    /// root of trust; only policies that name it accept it).
-    #[arg(long, default_value = "tsm", value_parser = ["tsm", "sample"])]
-    tee: String,
-    /// Measurement to declare with `--tee sample`.
-    #[arg(long, value_name = "HEX")]
-    measurement: Option<String>,
+    #[command(flatten)]
+    evidence: crate::broker::EvidenceArgs,
     /// With --plaintext: the owner's X25519 public key (hex, from `blindfold keys show`)
     /// to seal the outputs to. A sealed dataset names its owner itself.
     #[arg(long, value_name = "HEX")]
@@ -334,13 +329,7 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
                 )
                 .into());
             }
-            evidence = match a.tee.as_str() {
-                "sample" => EvidenceSource::InsecureSample {
-                    measurement: a.measurement.clone(),
-                },
-                _ => EvidenceSource::detect(Path::new(blindfold_attest::evidence::TSM_ROOT))
-                    .map_err(|e| Error::BadInput(e.to_string()))?,
-            };
+            evidence = a.evidence.source()?;
             fetch = FetchOptions {
                 broker: a.broker.clone(),
                 ca_cert_pem: a.ca_cert.as_deref().map(read).transpose()?,

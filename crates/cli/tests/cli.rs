@@ -495,3 +495,40 @@ fn broker_commands_over_tls() {
     let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 4);
     assert!(out.contains("audit entry 5"), "{out}");
 }
+
+/// `broker tdx-collateral` stores Intel's collateral for a platform in the broker's
+/// folder, names the platform and the end of its validity, and refuses what is not TDX
+/// collateral without writing anything.
+#[test]
+fn broker_tdx_collateral() {
+    let e = Env::new();
+    let coll = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/evidence/tdx_quote_collateral.json");
+    let coll = coll.to_str().unwrap();
+    let out = e.run(&["broker", "tdx-collateral", "--dir", "brk", coll], 3);
+    assert!(out.contains("not a broker folder"), "{out}");
+    assert!(!e.path().join("brk").exists());
+    e.run(&["broker", "init", "--dir", "brk"], 0);
+    let out = e.run(&["broker", "tdx-collateral", "--dir", "brk", coll], 0);
+    assert!(
+        out.contains("stored TDX collateral for FMSPC B0C06F000000")
+            && out.contains("valid until 2025-07-19T10:16:03Z"),
+        "{out}"
+    );
+    let store = e.path().join("brk/tdx-collateral");
+    let files: Vec<_> = fs::read_dir(&store)
+        .unwrap()
+        .map(|f| f.unwrap().file_name())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        fs::read(store.join(&files[0])).unwrap(),
+        fs::read(coll).unwrap()
+    );
+    // Adding it again replaces the file; a bad file is refused and leaves the store alone.
+    e.run(&["broker", "tdx-collateral", "--dir", "brk", coll], 0);
+    fs::write(e.path().join("bad.json"), "{\"tcb_info\": 1}").unwrap();
+    let out = e.run(&["broker", "tdx-collateral", "--dir", "brk", "bad.json"], 3);
+    assert!(out.contains("bad.json: not TDX quote collateral"), "{out}");
+    assert_eq!(fs::read_dir(&store).unwrap().count(), 1);
+}
