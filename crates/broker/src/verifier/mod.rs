@@ -41,7 +41,7 @@ pub struct Claims {
 }
 
 /// Why evidence was rejected.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum Rejection {
     /// The evidence is malformed or its signature chain does not verify.
     #[error("evidence rejected: {0}")]

@@ -76,9 +76,12 @@ fn quote_platform(quote: &[u8]) -> Result<(String, String), Rejection> {
 impl Verifier for TdxVerifier {
     fn verify_signed(&self, evidence: &Value) -> Result<(Claims, Vec<u8>), Rejection> {
         let quote = b64_field(evidence, "quote")?;
+        // The platform the quote names (its PCK certificate's FMSPC and CA), parsed once:
+        // the store is keyed by it, and a missing collateral is reported with it.
+        let platform = quote_platform(&quote);
         let stored = match &self.store {
             Some(dir) => {
-                let (fmspc, ca) = quote_platform(&quote)?;
+                let (fmspc, ca) = platform.clone()?;
                 let f = store_file(dir, &fmspc, &ca);
                 match std::fs::read(&f) {
                     Ok(b) => Some(serde_json::from_slice::<Value>(&b).map_err(|e| {
@@ -92,15 +95,14 @@ impl Verifier for TdxVerifier {
                         )))
                     }
                 }
-                .map(|v| (v, format!("FMSPC {fmspc} ({ca} CA)")))
             }
             None => None,
         };
         let coll = match (stored, evidence.get("collateral")) {
-            (Some((v, _)), _) => v,
+            (Some(v), _) => v,
             (None, Some(v)) => v.clone(),
             (None, None) => {
-                let platform = quote_platform(&quote).map_or_else(
+                let platform = platform.map_or_else(
                     |_| String::new(),
                     |(f, c)| format!(" for FMSPC {f} ({c} CA)"),
                 );
