@@ -16,11 +16,15 @@
 #[allow(missing_docs)]
 pub mod kernel;
 mod launch;
+#[cfg(feature = "cuda")]
+mod probe;
 
 pub use launch::{
     copy_words, gather_u8, open, sync, upload_batch, upload_plaintext, wipe, Batch, ChunkPlace,
     Opened, Records, Uploaded, MAX_AAD,
 };
+#[cfg(feature = "cuda")]
+pub use probe::cuda_ready;
 
 use std::fmt;
 
@@ -37,6 +41,10 @@ pub enum Error {
         /// Index of the chunk in the batch.
         chunk: usize,
     },
+    /// The device or its runtime is not on this machine (the environment's fault):
+    /// names what is missing.
+    #[error("{0}")]
+    Unavailable(String),
     /// The device or its runtime failed.
     #[error("device: {0}")]
     Device(String),

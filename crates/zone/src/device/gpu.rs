@@ -55,9 +55,10 @@ fn check_schema(schema: &Schema) -> Result<usize> {
     Ok(schema.elements() as usize)
 }
 
-fn gpu_error(e: blindfold_gpu::Error) -> Error {
+pub(super) fn gpu_error(e: blindfold_gpu::Error) -> Error {
     match e {
         blindfold_gpu::Error::BadInput(m) => Error::BadInput(m),
+        blindfold_gpu::Error::Unavailable(m) => Error::BadInput(m),
         other => Error::Bug(other.to_string()),
     }
 }

@@ -141,6 +141,7 @@ pub fn train(
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
+            blindfold_gpu::cuda_ready(0).map_err(gpu::gpu_error)?;
             gpu::run::<cubecl::cuda::CudaRuntime>(Default::default(), source, splits, cfg, progress)
         }
         DeviceKind::Cpu => Err(Error::Bug(
@@ -192,6 +193,7 @@ pub fn throughput(
         }
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
+            blindfold_gpu::cuda_ready(0).map_err(gpu::gpu_error)?;
             gpu::throughput::<cubecl::cuda::CudaRuntime>(Default::default(), ds, split, iterations)
         }
         #[allow(unreachable_patterns)]
