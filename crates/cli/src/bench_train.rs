@@ -125,7 +125,7 @@ impl Setup {
         data: &Path,
         is_sealed: bool,
         n: usize,
-        round: usize,
+        title: &str,
         cfg: &TrainConfig,
         bars: &Bars,
         quiet: bool,
@@ -145,7 +145,7 @@ impl Setup {
             }
         };
         let label = if is_sealed { "sealed" } else { "plaintext" };
-        eprintln!("round {round} {label}");
+        eprintln!("{title} {label}");
         let splits = Splits::default();
         let (r, _) = if quiet {
             job::run(source, &splits, cfg, &out, &NoProgress, &Quiet)
@@ -182,6 +182,7 @@ fn utf8(p: &Path) -> Result<String, Error> {
 pub fn alternate(
     setup: &Setup,
     data: &Path,
+    warmup: usize,
     rounds: usize,
     cfg: &TrainConfig,
     bars: &Bars,
@@ -189,6 +190,18 @@ pub fn alternate(
 ) -> Result<(Vec<JobReport>, Vec<JobReport>), Failure> {
     let (mut sealed_runs, mut plain_runs) = (Vec::new(), Vec::new());
     let mut n = 0;
+    for i in 0..warmup {
+        n += 1;
+        setup.job(
+            data,
+            false,
+            n,
+            &format!("warm-up {} (not timed):", i + 1),
+            cfg,
+            bars,
+            quiet,
+        )?;
+    }
     for round in 0..rounds.max(1) {
         let order = if round % 2 == 0 {
             [true, false]
@@ -197,7 +210,8 @@ pub fn alternate(
         };
         for is_sealed in order {
             n += 1;
-            let r = setup.job(data, is_sealed, n, round + 1, cfg, bars, quiet)?;
+            let title = format!("round {}", round + 1);
+            let r = setup.job(data, is_sealed, n, &title, cfg, bars, quiet)?;
             if is_sealed {
                 sealed_runs.push(r);
             } else {
@@ -231,7 +245,7 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
     };
     cfg.check().map_err(zone)?;
     let setup = Setup::new(&a.data, &a.dir, Suite::Aes256Gcm, bars)?;
-    let (sealed_runs, plain_runs) = alternate(&setup, &a.data, a.rounds, &cfg, bars, quiet)?;
+    let (sealed_runs, plain_runs) = alternate(&setup, &a.data, 0, a.rounds, &cfg, bars, quiet)?;
     let (sealed_s, plaintext_s, identical) = summary(&sealed_runs, &plain_runs);
     let same_data = sealed_runs
         .iter()
