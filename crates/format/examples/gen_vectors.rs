@@ -233,24 +233,42 @@ fn main() {
     let mut idx = vec![0u8, 0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2];
     idx.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
     std::fs::write(corpus.join("importers").join("idx-u8"), &idx).unwrap();
-    // A sealed output (HPKE is randomized: written only when absent, so that rerunning
+    // Sealed outputs, one authenticated by a dataset key (the fuzz key) and one
+    // unauthenticated (HPKE is randomized: written only when absent, so that rerunning
     // this program leaves the committed files unchanged).
-    let out_seed = corpus.join("output").join("model");
-    if !out_seed.exists() {
-        std::fs::create_dir_all(corpus.join("output")).unwrap();
+    std::fs::create_dir_all(corpus.join("output")).unwrap();
+    let fuzz_key = DatasetKey::from_bytes(blindfold_format::fuzz::FUZZ_KEY);
+    for (seed, source) in [
+        (
+            "model",
+            Some(blindfold_format::OutputSource {
+                dataset_id: "42".repeat(16),
+                version: 1,
+                manifest_sha256: "ab".repeat(32),
+            }),
+        ),
+        ("baseline", None),
+    ] {
+        let path = corpus.join("output").join(seed);
+        if path.exists() {
+            continue;
+        }
+        let key = source.as_ref().map(|_| &fuzz_key);
         let header = blindfold_format::OutputHeader::new(
             "model",
             "burnpack",
+            source,
             serde_json::json!({"model": "lenet5", "classes": 10}),
         );
         let sealed = blindfold_format::seal_output(
             &blindfold_format::fuzz::fuzz_output_public(),
             &header,
+            key,
             b"fuzz seed weights",
             "seed",
         )
         .unwrap();
-        std::fs::write(out_seed, sealed).unwrap();
+        std::fs::write(path, sealed).unwrap();
     }
     let mut npy = vec![1u8];
     npy.extend_from_slice(b"\x93NUMPY\x01\x00");

@@ -36,7 +36,6 @@ impl fmt::Display for Object {
 /// Decryption failures are deliberately coarse: they name the object and chunk, never
 /// anything derived from the plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The bytes are not a well-formed object of this format (bad input or corruption
     /// before any authentication could be attempted).

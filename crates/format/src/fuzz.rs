@@ -51,10 +51,16 @@ pub fn fuzz_output_public() -> Vec<u8> {
 }
 
 /// Parses a sealed output's header, then opens it with [`FUZZ_KEY`] as the recipient's
-/// secret key.
+/// secret key and, when the header names a source dataset, [`FUZZ_KEY`] as its dataset
+/// key too.
 pub fn output(data: &[u8]) {
     let header = output_header_unverified(data, "fuzz");
-    if let Ok((h, _plain)) = open_output(&FUZZ_KEY, data, "fuzz") {
+    let key = DatasetKey::from_bytes(FUZZ_KEY);
+    let dataset_key = match &header {
+        Ok(h) if h.source.is_some() => Some(&key),
+        _ => None,
+    };
+    if let Ok((h, _plain)) = open_output(&FUZZ_KEY, dataset_key, data, "fuzz") {
         assert_eq!(
             Some(h),
             header.ok(),

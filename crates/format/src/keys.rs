@@ -25,6 +25,7 @@ pub(crate) const LABEL_MANIFEST: &[u8] = b"blindfold/v1/manifest";
 pub(crate) const LABEL_METADATA: &[u8] = b"blindfold/v1/metadata";
 pub(crate) const LABEL_SHARD_HEADER: &[u8] = b"blindfold/v1/shard-header";
 pub(crate) const LABEL_SHARD_PAYLOAD: &[u8] = b"blindfold/v1/shard-payload";
+pub(crate) const LABEL_OUTPUT_PSK: &[u8] = b"blindfold/v1/output-psk";
 
 /// The AEAD suite a dataset is sealed with (§4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -35,11 +35,11 @@ pub use keys::{
 };
 pub use manifest::{
     manifest_digest, shard_path, valid_shard_path, Manifest, ShardEntry, Split, MANIFEST_MAGIC,
-    MANIFEST_NAME, MAX_MANIFEST_BODY,
+    MANIFEST_NAME, MAX_MANIFEST_BODY, MAX_MANIFEST_LEN, MAX_SPLITS,
 };
 pub use output::{
-    open_output, output_header_unverified, seal_output, OutputHeader, MAX_OUTPUT_HEADER,
-    OUTPUT_INFO, OUTPUT_MAGIC, OUTPUT_SUITE, X25519_LEN,
+    open_output, output_header_unverified, output_psk, seal_output, OutputHeader, OutputSource,
+    MAX_OUTPUT_HEADER, OUTPUT_INFO, OUTPUT_MAGIC, OUTPUT_SUITE, X25519_LEN,
 };
 pub use schema::{
     valid_split_name, DType, Schema, DEFAULT_CHUNK_TARGET, MAX_DIMS, MAX_RECORD_SIZE,

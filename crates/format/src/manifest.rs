@@ -15,6 +15,11 @@ use crate::shard::{ShardHeader, ShardOpener, FORMAT_VERSION};
 pub const MANIFEST_MAGIC: [u8; 8] = *b"BFMANIF\0";
 /// Largest manifest body accepted.
 pub const MAX_MANIFEST_BODY: usize = 16 << 20;
+/// Largest manifest object accepted (body, framing and tag): a reader checks an object's
+/// size against it before reading it.
+pub const MAX_MANIFEST_LEN: u64 = (PREFIX_LEN + MAX_MANIFEST_BODY + MAC_LEN) as u64;
+/// Most splits a manifest may list.
+pub const MAX_SPLITS: usize = 1024;
 /// Name of the manifest object under a dataset's location.
 pub const MANIFEST_NAME: &str = "manifest.bfm";
 const PREFIX_LEN: usize = 16;
@@ -262,6 +267,9 @@ impl Manifest {
         if bytes[10..12] != [0, 0] {
             return Err(Error::malformed(&obj, "reserved bytes are not zero"));
         }
+        if bytes.len() as u64 > MAX_MANIFEST_LEN {
+            return Err(Error::malformed(&obj, "larger than a manifest may be"));
+        }
         let len = u32::from_be_bytes(bytes[12..16].try_into().expect("4 bytes")) as usize;
         if len > MAX_MANIFEST_BODY {
             return Err(Error::malformed(&obj, "body larger than 16 MiB"));
@@ -351,11 +359,20 @@ impl Manifest {
         if chunk_plain > crate::schema::MAX_RECORD_SIZE as u128 {
             return bad("chunk larger than 16 MiB".into());
         }
+        if self.splits.len() > MAX_SPLITS {
+            return bad(format!(
+                "{} splits (at most {MAX_SPLITS})",
+                self.splits.len()
+            ));
+        }
+        // Every check below is linear in the manifest's size: this runs on untrusted
+        // bytes before any key exists (the trainer reads the dataset id this way).
+        let mut names = std::collections::HashSet::with_capacity(self.splits.len());
         for (i, s) in self.splits.iter().enumerate() {
             if !valid_split_name(&s.name) {
                 return bad(format!("split {i}: invalid name"));
             }
-            if self.splits[..i].iter().any(|o| o.name == s.name) {
+            if !names.insert(s.name.as_str()) {
                 return bad(format!("split {}: listed twice", s.name));
             }
             let mut first = 0u64;

@@ -49,7 +49,20 @@ fn manifest_corpus() {
 #[test]
 fn output_corpus() {
     replay("output", blindfold_format::fuzz::output);
-    // The committed seed still opens (the corpus is not stale).
-    let seed = &corpus("output")[0];
-    assert!(blindfold_format::open_output(&blindfold_format::fuzz::FUZZ_KEY, seed, "seed").is_ok());
+    // The committed seeds still open (the corpus is not stale): one authenticated by the
+    // fuzz dataset key, one unauthenticated.
+    let key = blindfold_format::DatasetKey::from_bytes(blindfold_format::fuzz::FUZZ_KEY);
+    let seeds = corpus("output");
+    assert_eq!(seeds.len(), 2);
+    let mut opened_with_key = 0;
+    for seed in &seeds {
+        let h = blindfold_format::output_header_unverified(seed, "seed").unwrap();
+        let k = h.source.as_ref().map(|_| &key);
+        opened_with_key += usize::from(k.is_some());
+        assert!(
+            blindfold_format::open_output(&blindfold_format::fuzz::FUZZ_KEY, k, seed, "seed")
+                .is_ok()
+        );
+    }
+    assert_eq!(opened_with_key, 1);
 }

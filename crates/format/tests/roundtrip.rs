@@ -148,3 +148,44 @@ fn shard_paths_are_strict() {
         assert!(!valid_shard_path(bad, "train", 0), "{bad}");
     }
 }
+
+/// A manifest's body re-framed (the tag left as it was): enough for
+/// `parse_unverified`, which reads untrusted bytes before any key exists.
+fn reframe(bytes: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = bytes[..12].to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out.extend_from_slice(&bytes[bytes.len() - 32..]);
+    out
+}
+
+/// The split list is bounded ([`MAX_SPLITS`]) and checked for duplicates in linear
+/// time: a manifest of many tiny splits cannot make the key-less parse (which the
+/// trainer runs before it attests) quadratic. Before, 100 000 empty splits were
+/// compared pairwise.
+#[test]
+fn a_manifest_with_too_many_splits_is_refused() {
+    let (_, _, _, bytes) = sample_manifest(1, 1, b"m");
+    let body_len = u32::from_be_bytes(bytes[12..16].try_into().unwrap()) as usize;
+    let mut body: serde_json::Value = serde_json::from_slice(&bytes[16..16 + body_len]).unwrap();
+    let split = |i: usize| serde_json::json!({"name": format!("s{i}"), "records": 0, "shards": []});
+    body["splits"] = (0..=MAX_SPLITS).map(split).collect();
+    let too_many = reframe(&bytes, &serde_json::to_vec(&body).unwrap());
+    let e = Manifest::parse_unverified(&too_many).unwrap_err();
+    assert!(e.to_string().contains("splits (at most 1024)"), "{e}");
+    body["splits"] = (0..MAX_SPLITS).map(split).collect();
+    Manifest::parse_unverified(&reframe(&bytes, &serde_json::to_vec(&body).unwrap())).unwrap();
+    // A duplicate far down the list is still found.
+    body["splits"][MAX_SPLITS - 1]["name"] = "s3".into();
+    let e = Manifest::parse_unverified(&reframe(&bytes, &serde_json::to_vec(&body).unwrap()))
+        .unwrap_err();
+    assert!(e.to_string().contains("listed twice"), "{e}");
+    // An object longer than any manifest is refused by its length alone.
+    let mut huge = bytes.clone();
+    huge.resize(MAX_MANIFEST_LEN as usize + 1, 0);
+    let e = Manifest::parse_unverified(&huge).unwrap_err();
+    assert!(
+        e.to_string().contains("larger than a manifest may be"),
+        "{e}"
+    );
+}
