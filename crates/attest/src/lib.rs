@@ -19,7 +19,6 @@ pub use evidence::EvidenceSource;
 
 /// Errors of the client, by who is at fault.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The broker refused (policy, evidence, revocation, ...): the code says why.
     #[error("the broker refused: {code:?}: {detail}")]
@@ -44,6 +43,9 @@ pub enum Error {
     /// impersonated broker.
     #[error("the broker's reply is invalid: {0}")]
     BadReply(String),
+    /// The caller's options cannot be used (a broker URL that is not `https://`, say).
+    #[error("{0}")]
+    BadInput(String),
 }
 
 /// What the broker released, in memory only.
@@ -69,14 +71,59 @@ impl std::fmt::Debug for Released {
 }
 
 /// How to reach the broker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
-    /// Broker base URL (`https://host:port`; `http://` only for tests).
+    /// Broker base URL, `https://host:port` (`http://` only with `insecure_http`).
     pub broker: String,
     /// The broker's certificate (PEM) to trust, for a self-signed broker.
     pub ca_cert_pem: Option<Vec<u8>>,
-    /// Job name, checked by the dataset's policy.
+    /// Job name, checked by the dataset's policy. The client chooses it: it names the
+    /// job, it proves nothing.
     pub job: Option<String>,
+    /// Accept an `http://` broker URL. The key itself stays encrypted to the job's
+    /// ephemeral key, but the session cookie and the broker's replies (denials, the
+    /// attestation token) cross the network in the clear and unauthenticated. Tests on
+    /// loopback only.
+    pub insecure_http: bool,
+}
+
+impl FetchOptions {
+    /// Checks the broker URL's scheme: `https://`, or `http://` with `insecure_http`.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.broker.starts_with("https://") {
+            return Ok(());
+        }
+        if self.broker.starts_with("http://") {
+            if self.insecure_http {
+                return Ok(());
+            }
+            return Err(Error::BadInput(format!(
+                "broker {}: plain HTTP is refused (nothing authenticates the broker); use https://, or --insecure-http for a test broker on loopback",
+                self.broker
+            )));
+        }
+        Err(Error::BadInput(format!(
+            "broker {}: not an https:// URL",
+            self.broker
+        )))
+    }
+}
+
+/// The 32-byte key from its base64 in the release object, decoded straight into
+/// zeroizing memory (no heap copy is left behind).
+fn decode_key(b64: &str) -> Result<Zeroizing<[u8; 32]>, Error> {
+    let bad = || Error::BadReply("key is not base64 of 32 bytes".into());
+    // Room for any base64 up to 48 decoded bytes; only 32 are accepted.
+    let mut buf = Zeroizing::new([0u8; 48]);
+    let n = STANDARD
+        .decode_slice(b64, &mut buf[..])
+        .map_err(|_| bad())?;
+    if n != 32 {
+        return Err(bad());
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(&buf[..32]);
+    Ok(key)
 }
 
 async fn reply_error(url: &str, r: reqwest::Response) -> Error {
@@ -110,6 +157,7 @@ pub fn fetch_key(
             url: opts.broker.clone(),
             what: e.to_string(),
         })?;
+    opts.check()?;
     let client = client(opts)?;
     rt.block_on(fetch_key_async(&client, opts, dataset_id, evidence))
 }
@@ -138,6 +186,7 @@ pub async fn fetch_key_async(
     dataset_id: &str,
     evidence: &EvidenceSource,
 ) -> Result<Released, Error> {
+    opts.check()?;
     let base = opts.broker.trim_end_matches('/');
     let t = |url: &str, e: reqwest::Error| Error::Transport {
         url: url.into(),
@@ -212,13 +261,7 @@ pub async fn fetch_key_async(
             "the key released is for another dataset".into(),
         ));
     }
-    let key = Zeroizing::new(
-        STANDARD
-            .decode(&rel.key)
-            .ok()
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .ok_or_else(|| Error::BadReply("key is not 32 bytes".into()))?,
-    );
+    let key = decode_key(&rel.key)?;
     let manifest_sha256 = hex::decode(&rel.manifest_sha256)
         .ok()
         .and_then(|d| d.try_into().ok())
@@ -229,4 +272,50 @@ pub async fn fetch_key_async(
         manifest_sha256,
         version: rel.version,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_needs_the_insecure_flag() {
+        let mut o = FetchOptions {
+            broker: "http://127.0.0.1:1".into(),
+            ..FetchOptions::default()
+        };
+        let e = o.check().unwrap_err();
+        assert!(
+            matches!(&e, Error::BadInput(m) if m.contains("--insecure-http")),
+            "{e:?}"
+        );
+        // fetch_key refuses before it sends anything.
+        let e = fetch_key(
+            &o,
+            "00",
+            &EvidenceSource::InsecureSample { measurement: None },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::BadInput(_)), "{e:?}");
+        o.insecure_http = true;
+        o.check().unwrap();
+        o.broker = "ftp://x".into();
+        assert!(o.check().is_err());
+        o.broker = "https://broker:8443".into();
+        o.insecure_http = false;
+        o.check().unwrap();
+    }
+
+    #[test]
+    fn the_key_decodes_into_32_bytes_only() {
+        let k: [u8; 32] = std::array::from_fn(|i| i as u8);
+        assert_eq!(*decode_key(&STANDARD.encode(k)).unwrap(), k);
+        for bad in [
+            STANDARD.encode([1u8; 31]),
+            STANDARD.encode([1u8; 33]),
+            "!!".into(),
+        ] {
+            assert!(matches!(decode_key(&bad), Err(Error::BadReply(_))), "{bad}");
+        }
+    }
 }

@@ -38,7 +38,6 @@ pub fn resource_path(dataset_id_hex: &str) -> String {
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Error {
     /// A peer sent something this protocol does not allow.
     #[error("malformed: {0}")]
@@ -106,8 +105,9 @@ impl SampleEvidence {
     }
 }
 
-/// What the broker releases for a dataset, encrypted to the TEE key.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// What the broker releases for a dataset, encrypted to the TEE key. Its `Debug` leaves
+/// the key out; the key string is wiped on drop.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Release {
     /// Dataset id (hex).
@@ -123,6 +123,66 @@ pub struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Release")
+            .field("dataset_id", &self.dataset_id)
+            .field("key", &"<redacted>")
+            .field("manifest_sha256", &self.manifest_sha256)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl Release {
+    /// The release object as JSON, in one zeroizing buffer reserved up front: growing a
+    /// buffer while serializing would free a copy of the key unwiped.
+    pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+        let len = self.dataset_id.len() + self.key.len() + self.manifest_sha256.len() + 128;
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(len));
+        serde_json::to_writer(&mut *out, self).map_err(|e| Error::Malformed(e.to_string()))?;
+        if out.capacity() != len {
+            return Err(Error::Malformed(
+                "release object longer than reserved".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release() -> Release {
+        Release {
+            dataset_id: "ab".repeat(16),
+            key: "c2VjcmV0LWtleS1tYXRlcmlhbC0xMjM0NTY3ODkwYWI=".into(),
+            manifest_sha256: "cd".repeat(32),
+            version: 7,
+        }
+    }
+
+    #[test]
+    fn debug_leaves_the_key_out() {
+        let d = format!("{:?}", release());
+        assert!(!d.contains("c2VjcmV0"), "{d}");
+        assert!(
+            d.contains("<redacted>") && d.contains(&"ab".repeat(16)),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn to_json_is_the_serde_form_without_growing() {
+        let r = release();
+        assert_eq!(
+            &r.to_json().unwrap()[..],
+            &serde_json::to_vec(&r).unwrap()[..]
+        );
     }
 }
 

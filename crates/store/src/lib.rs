@@ -28,7 +28,6 @@ const PART_CONCURRENCY: usize = 4;
 
 /// A storage error. None of these carries object contents.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The object does not exist.
     #[error("{location}: no object {path:?}")]
