@@ -1,11 +1,47 @@
 //! The hash-chained audit log (§6 of docs/broker-protocol.md):
-//! `hash = SHA-256(prev_hash ‖ JCS(entry))`, the first `prev_hash` all zeros.
+//! `hash = HMAC-SHA-256(audit key, prev_hash ‖ JCS(entry))`, the first `prev_hash` all
+//! zeros. The audit key is derived from the broker's master key, which is not in the
+//! database: someone who can write the database but not read the broker's keys cannot
+//! recompute the chain after editing an entry.
 
+use aws_lc_rs::{hkdf, hmac};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::db::DbError;
+
+/// Longest reason kept in an entry (characters); longer ones are cut. Reasons can quote
+/// what a client sent (a parse error, say), and entries are kept forever.
+pub const MAX_REASON: usize = 200;
+
+/// The key of the chain's MACs.
+#[derive(Clone)]
+pub struct AuditKey(hmac::Key);
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(<redacted>)")
+    }
+}
+
+impl AuditKey {
+    /// `HKDF-SHA-256(salt = "blindfold/v1/broker", ikm = master key, info = "audit-chain")`.
+    pub fn derive(master: &[u8; 32]) -> AuditKey {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"blindfold/v1/broker").extract(master);
+        let okm = prk
+            .expand(&[b"audit-chain"], hmac::HMAC_SHA256)
+            .expect("32 bytes is a valid HKDF-SHA-256 length");
+        AuditKey(hmac::Key::from(okm))
+    }
+}
+
+/// `s`, cut to at most `max` characters (an ellipsis marks a cut).
+pub(crate) fn bounded(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_owned(),
+        Some((at, _)) => format!("{}…", &s[..at]),
+    }
+}
 
 /// One decision.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,10 +81,10 @@ impl Entry {
         }
     }
 
-    /// Sets the outcome and reason.
+    /// Sets the outcome and reason (cut to [`MAX_REASON`] characters).
     pub fn outcome(mut self, outcome: &str, reason: &str) -> Entry {
         self.outcome = outcome.into();
-        self.reason = reason.into();
+        self.reason = bounded(reason, MAX_REASON);
         self
     }
 }
@@ -62,13 +98,16 @@ pub struct Head {
     pub hash: [u8; 32],
 }
 
-fn entry_hash(prev: &[u8; 32], e: &Entry) -> Result<[u8; 32], DbError> {
+fn entry_hash(key: &AuditKey, prev: &[u8; 32], e: &Entry) -> Result<[u8; 32], DbError> {
     let v = serde_json::to_value(e).map_err(|e| DbError(e.to_string()))?;
     let c = blindfold_protocol::canonical::jcs(&v).map_err(|e| DbError(e.to_string()))?;
-    let mut h = sha2::Sha256::new();
+    let mut h = hmac::Context::with_key(&key.0);
     h.update(prev);
     h.update(c.as_bytes());
-    Ok(h.finalize().into())
+    Ok(h.sign()
+        .as_ref()
+        .try_into()
+        .expect("HMAC-SHA-256 is 32 bytes"))
 }
 
 /// The chain's head as stored.
@@ -95,9 +134,14 @@ pub fn head(c: &Connection) -> Result<Head, DbError> {
 }
 
 /// Appends `e` after `head` and advances it.
-pub fn append(c: &Connection, head: &mut Head, mut e: Entry) -> Result<(), DbError> {
+pub fn append(
+    c: &Connection,
+    key: &AuditKey,
+    head: &mut Head,
+    mut e: Entry,
+) -> Result<(), DbError> {
     e.seq = head.seq + 1;
-    let h = entry_hash(&head.hash, &e)?;
+    let h = entry_hash(key, &head.hash, &e)?;
     let text = serde_json::to_string(&e).map_err(|e| DbError(e.to_string()))?;
     c.execute(
         "INSERT INTO audit(seq, entry, prev, hash) VALUES (?1, ?2, ?3, ?4)",
@@ -118,10 +162,11 @@ pub fn entries(c: &Connection) -> Result<Vec<Entry>, DbError> {
         .collect()
 }
 
-/// Recomputes the chain. `Ok(head)` when intact; `Err((seq, why))` names the first
-/// broken entry. A deleted *last* entry cannot be seen from the chain alone: compare the
-/// head with a copy kept elsewhere (`blindfold broker audit --verify` prints it).
-pub fn verify(c: &Connection) -> Result<Result<Head, (u64, String)>, DbError> {
+/// Recomputes the chain with the audit key. `Ok(head)` when intact; `Err((seq, why))`
+/// names the first broken entry. A deleted *last* entry cannot be seen from the chain
+/// alone: compare the head with a copy kept elsewhere (`blindfold broker audit --verify`
+/// prints it).
+pub fn verify(c: &Connection, key: &AuditKey) -> Result<Result<Head, (u64, String)>, DbError> {
     let mut st = c.prepare("SELECT seq, entry, prev, hash FROM audit ORDER BY seq")?;
     let mut rows = st.query([])?;
     let mut head = Head {
@@ -149,11 +194,61 @@ pub fn verify(c: &Connection) -> Result<Result<Head, (u64, String)>, DbError> {
         if e.seq != seq {
             return Ok(Err((seq, "sequence number edited".into())));
         }
-        let h = entry_hash(&head.hash, &e)?;
-        if h[..] != hash[..] {
-            return Ok(Err((seq, "entry edited (hash mismatch)".into())));
+        let h = entry_hash(key, &head.hash, &e)?;
+        if !constant_time_eq(&h, &hash) {
+            return Ok(Err((
+                seq,
+                "entry edited, or its MAC computed without the broker's audit key".into(),
+            )));
         }
         head = Head { seq, hash: h };
     }
     Ok(Ok(head))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_reasons_are_cut() {
+        let e = Entry::new("attest").outcome("denied", &"é".repeat(10_000));
+        assert_eq!(e.reason.chars().count(), MAX_REASON + 1);
+        assert!(e.reason.ends_with('…'));
+        assert_eq!(Entry::new("x").outcome("denied", "short").reason, "short");
+    }
+
+    /// The chain is keyed: recomputing it with plain SHA-256, or with another broker's
+    /// key, does not verify.
+    #[test]
+    fn the_chain_verifies_only_with_its_key() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE audit(seq INTEGER PRIMARY KEY, entry TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);",
+        )
+        .unwrap();
+        let key = AuditKey::derive(&[1; 32]);
+        let mut head = head(&c).unwrap();
+        for i in 0..3 {
+            append(
+                &c,
+                &key,
+                &mut head,
+                Entry::new("attest").outcome("granted", &format!("{i}")),
+            )
+            .unwrap();
+        }
+        assert_eq!(verify(&c, &key).unwrap().unwrap(), head);
+        assert_eq!(
+            verify(&c, &AuditKey::derive(&[2; 32]))
+                .unwrap()
+                .unwrap_err()
+                .0,
+            1
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::audit::{self, Entry};
+use crate::audit::{self, AuditKey, Entry};
 use crate::policy::Policy;
 use crate::verifier::Claims;
 
@@ -47,6 +47,27 @@ pub enum Denial {
     Policy(String),
 }
 
+/// Why a registration was refused: each is the owner's mistake, or an attempt to undo
+/// a decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// The dataset was revoked: revocation is final for a dataset id (the key may have
+    /// leaked). Seal the data again under a new key to release it again.
+    #[error("dataset {0} was revoked, and revocation is final: seal the data again (a new dataset id and key) to release it")]
+    Revoked(String),
+    /// A newer version is registered (rollback).
+    #[error("registered version {registered} is newer than {offered}")]
+    Older {
+        /// Registered.
+        registered: u64,
+        /// Offered.
+        offered: u64,
+    },
+    /// The same version is registered with another manifest (fork).
+    #[error("version {0} is registered with another manifest digest")]
+    Fork(u64),
+}
+
 /// A storage failure (our bug or a broken disk).
 #[derive(Debug, thiserror::Error)]
 #[error("broker database: {0}")]
@@ -66,7 +87,7 @@ enum Op {
     Register {
         row: DatasetRow,
         entry: Entry,
-        reply: Reply<Result<(), String>>,
+        reply: Reply<Result<(), Conflict>>,
     },
     Revoke {
         id: String,
@@ -92,6 +113,7 @@ enum Op {
 pub struct Db {
     tx: mpsc::Sender<Op>,
     path: PathBuf,
+    audit_key: AuditKey,
 }
 
 fn open(path: &Path) -> Result<Connection, DbError> {
@@ -126,9 +148,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DatasetRow> {
 const SELECT: &str = "SELECT id, nonce, wrapped_key, manifest_sha256, version, policy, releases, revoked FROM datasets";
 
 impl Db {
-    /// Opens (creating if needed) the database and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Db, DbError> {
+    /// Opens (creating if needed) the database and starts the writer thread, which
+    /// chains audit entries under `audit_key`.
+    pub fn open(path: &Path, audit_key: AuditKey) -> Result<Db, DbError> {
         let mut conn = open(path)?;
+        let key = audit_key.clone();
         let (tx, rx) = mpsc::channel::<Op>();
         let mut head = audit::head(&conn)?;
         std::thread::Builder::new()
@@ -147,7 +171,7 @@ impl Db {
                     let result = (|| -> Result<(), DbError> {
                         let txn = conn.transaction()?;
                         for op in ops {
-                            replies.push(apply(&txn, op, &mut head));
+                            replies.push(apply(&txn, &key, op, &mut head));
                         }
                         txn.commit()?;
                         Ok(())
@@ -165,6 +189,7 @@ impl Db {
         Ok(Db {
             tx,
             path: path.to_owned(),
+            audit_key,
         })
     }
 
@@ -177,8 +202,10 @@ impl Db {
             .map_err(|_| DbError("writer thread stopped".into()))?
     }
 
-    /// Registers (or re-registers with a version at least as high) a dataset.
-    pub fn register(&self, row: DatasetRow, entry: Entry) -> Result<Result<(), String>, DbError> {
+    /// Registers a dataset, or re-registers it with a newer version (or the same
+    /// version and manifest, to change its policy). Refused: a revoked dataset, an older
+    /// version, the same version with another manifest.
+    pub fn register(&self, row: DatasetRow, entry: Entry) -> Result<Result<(), Conflict>, DbError> {
         self.call(|reply| Op::Register { row, entry, reply })
     }
 
@@ -217,6 +244,11 @@ impl Db {
         open(&self.path)
     }
 
+    /// Checks the audit chain (§6).
+    pub fn verify_audit(&self) -> Result<Result<audit::Head, (u64, String)>, DbError> {
+        audit::verify(&self.reader()?, &self.audit_key)
+    }
+
     /// Every registered dataset.
     pub fn datasets(&self) -> Result<Vec<DatasetRow>, DbError> {
         let c = self.reader()?;
@@ -236,7 +268,12 @@ fn reply_after_commit<T: 'static>(reply: Reply<T>, value: Result<T, DbError>) ->
     })
 }
 
-fn apply(txn: &rusqlite::Transaction<'_>, op: Op, head: &mut audit::Head) -> Deferred {
+fn apply(
+    txn: &rusqlite::Transaction<'_>,
+    key: &AuditKey,
+    op: Op,
+    head: &mut audit::Head,
+) -> Deferred {
     match op {
         Op::Register {
             row: r,
@@ -244,29 +281,42 @@ fn apply(txn: &rusqlite::Transaction<'_>, op: Op, head: &mut audit::Head) -> Def
             reply,
         } => {
             let res = with_savepoint(txn, head, |sp, head| {
-                let old: Option<u64> = sp
-                    .query_row("SELECT version FROM datasets WHERE id = ?1", [&r.id], |x| {
-                        x.get::<_, i64>(0)
-                    })
-                    .optional()?
-                    .map(|v| v as u64);
-                if old.is_some_and(|v| v > r.version) {
-                    let reason = format!(
-                        "registered version {} is newer than {}",
-                        old.unwrap_or(0),
-                        r.version
-                    );
-                    audit::append(sp, head, entry.outcome("denied", &reason))?;
-                    return Ok(Err(reason));
+                let old: Option<(u64, String, bool)> = sp
+                    .query_row(
+                        "SELECT version, manifest_sha256, revoked FROM datasets WHERE id = ?1",
+                        [&r.id],
+                        |x| {
+                            Ok((
+                                x.get::<_, i64>(0)? as u64,
+                                x.get(1)?,
+                                x.get::<_, i64>(2)? != 0,
+                            ))
+                        },
+                    )
+                    .optional()?;
+                let conflict = match old {
+                    Some((_, _, true)) => Some(Conflict::Revoked(r.id.clone())),
+                    Some((v, _, _)) if v > r.version => Some(Conflict::Older {
+                        registered: v,
+                        offered: r.version,
+                    }),
+                    Some((v, d, _)) if v == r.version && d != r.manifest_sha256 => {
+                        Some(Conflict::Fork(v))
+                    }
+                    _ => None,
+                };
+                if let Some(c) = conflict {
+                    audit::append(sp, key, head, entry.outcome("denied", &c.to_string()))?;
+                    return Ok(Err(c));
                 }
                 sp.execute(
                     "INSERT INTO datasets(id, nonce, wrapped_key, manifest_sha256, version, policy, releases, revoked)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0)
                      ON CONFLICT(id) DO UPDATE SET nonce = ?2, wrapped_key = ?3, manifest_sha256 = ?4,
-                       version = ?5, policy = ?6, revoked = 0",
+                       version = ?5, policy = ?6",
                     params![r.id, r.nonce, r.wrapped_key, r.manifest_sha256, r.version as i64, r.policy],
                 )?;
-                audit::append(sp, head, entry.outcome("granted", "registered"))?;
+                audit::append(sp, key, head, entry.outcome("granted", "registered"))?;
                 Ok(Ok(()))
             });
             reply_after_commit(reply, res)
@@ -276,6 +326,7 @@ fn apply(txn: &rusqlite::Transaction<'_>, op: Op, head: &mut audit::Head) -> Def
                 let n = sp.execute("UPDATE datasets SET revoked = 1 WHERE id = ?1", [&id])?;
                 audit::append(
                     sp,
+                    key,
                     head,
                     entry.outcome(
                         if n > 0 { "granted" } else { "denied" },
@@ -320,7 +371,7 @@ fn apply(txn: &rusqlite::Transaction<'_>, op: Op, head: &mut audit::Head) -> Def
                         } else {
                             "released"
                         };
-                        audit::append(sp, head, entry.outcome("granted", reason))?;
+                        audit::append(sp, key, head, entry.outcome("granted", reason))?;
                         Ok(Ok(r))
                     }
                     (Err(d), _) => {
@@ -329,7 +380,7 @@ fn apply(txn: &rusqlite::Transaction<'_>, op: Op, head: &mut audit::Head) -> Def
                             Denial::Revoked => "revoked".to_string(),
                             Denial::Policy(p) => p.clone(),
                         };
-                        audit::append(sp, head, entry.outcome("denied", &reason))?;
+                        audit::append(sp, key, head, entry.outcome("denied", &reason))?;
                         Ok(Err(d))
                     }
                     (Ok(()), None) => unreachable!("a grant needs a row"),
@@ -338,7 +389,7 @@ fn apply(txn: &rusqlite::Transaction<'_>, op: Op, head: &mut audit::Head) -> Def
             reply_after_commit(reply, res)
         }
         Op::Audit { entry, reply } => {
-            let res = with_savepoint(txn, head, |sp, head| audit::append(sp, head, entry));
+            let res = with_savepoint(txn, head, |sp, head| audit::append(sp, key, head, entry));
             reply_after_commit(reply, res)
         }
     }

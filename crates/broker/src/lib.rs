@@ -9,9 +9,11 @@
 
 pub mod audit;
 pub mod db;
+mod error;
 pub mod fuzz;
 pub mod policy;
 pub mod server;
+mod session;
 pub mod verifier;
 
 use std::fs;
@@ -20,6 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use error::{Error, PolicyError, Result};
 pub use server::{AppState, Registration, Settings};
 
 /// Files of a broker folder.
@@ -68,7 +71,7 @@ pub(crate) fn write_replacing(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        hex::encode(random::<8>()?)
+        hex::encode(random::<8>().map_err(|_| std::io::Error::other("random"))?)
     ));
     let written = write_private(&tmp, data).and_then(|()| fs::rename(&tmp, path));
     if written.is_err() {
@@ -78,73 +81,87 @@ pub(crate) fn write_replacing(path: &Path, data: &[u8]) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
-fn random<const N: usize>() -> std::io::Result<[u8; N]> {
+fn random<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
-    aws_lc_rs::rand::fill(&mut b).map_err(|_| std::io::Error::other("random"))?;
+    aws_lc_rs::rand::fill(&mut b)
+        .map_err(|_| Error::Internal("the random generator failed".into()))?;
     Ok(b)
 }
 
 /// Creates a broker folder: master key, token-signing key, admin token, and a
 /// self-signed TLS certificate for `names` (plus localhost and 127.0.0.1). Returns the
 /// admin token. Refuses to touch an existing folder's keys.
-pub fn init(dir: &Path, names: &[String]) -> Result<String, String> {
+pub fn init(dir: &Path, names: &[String]) -> Result<String> {
     let d = BrokerDir(dir.to_owned());
     if d.file("master.key").exists() {
-        return Err(format!(
+        return Err(Error::BadInput(format!(
             "{} already holds a broker (keys are never overwritten)",
             dir.display()
-        ));
+        )));
     }
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| e.to_string())?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(dir, e))?;
     }
-    let io = |e: std::io::Error| e.to_string();
-    write_private(
-        &d.file("master.key"),
-        hex::encode(random::<32>().map_err(io)?).as_bytes(),
-    )
-    .map_err(io)?;
+    let put = |name: &str, data: &[u8]| {
+        let p = d.file(name);
+        write_private(&p, data).map_err(|e| Error::io(p, e))
+    };
+    put("master.key", hex::encode(random::<32>()?).as_bytes())?;
     let token_key = loop {
-        let b = random::<32>().map_err(io)?;
+        let b = random::<32>()?;
         if p256::SecretKey::from_slice(&b).is_ok() {
             break b;
         }
     };
-    write_private(&d.file("token.key"), hex::encode(token_key).as_bytes()).map_err(io)?;
-    let admin = hex::encode(random::<32>().map_err(io)?);
-    write_private(&d.admin_token(), admin.as_bytes()).map_err(io)?;
+    put("token.key", hex::encode(token_key).as_bytes())?;
+    let admin = hex::encode(random::<32>()?);
+    put("admin.token", admin.as_bytes())?;
     use sha2::Digest;
-    write_private(
-        &d.file("admin.sha256"),
+    put(
+        "admin.sha256",
         hex::encode(sha2::Sha256::digest(admin.as_bytes())).as_bytes(),
-    )
-    .map_err(io)?;
+    )?;
     let mut sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     sans.extend(names.iter().cloned());
-    let ck = rcgen::generate_simple_self_signed(sans).map_err(|e| e.to_string())?;
-    write_private(&d.key_pem(), ck.signing_key.serialize_pem().as_bytes()).map_err(io)?;
-    fs::write(d.cert(), ck.cert.pem()).map_err(io)?;
+    let ck = rcgen::generate_simple_self_signed(sans)
+        .map_err(|e| Error::BadInput(format!("TLS certificate: {e}")))?;
+    put("tls-key.pem", ck.signing_key.serialize_pem().as_bytes())?;
+    fs::write(d.cert(), ck.cert.pem()).map_err(|e| Error::io(d.cert(), e))?;
     Ok(admin)
 }
 
-fn read_hex32(p: &Path) -> Result<[u8; 32], String> {
-    let t = fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    hex::decode(t.trim())
-        .ok()
-        .and_then(|v| v.try_into().ok())
-        .ok_or_else(|| format!("{}: not 32 bytes of hex", p.display()))
+fn read_hex32(p: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>> {
+    let t = zeroize::Zeroizing::new(fs::read_to_string(p).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::BadInput(format!(
+            "{}: missing (is this a broker folder? create one with `blindfold broker init`)",
+            p.display()
+        )),
+        _ => Error::io(p, e),
+    })?);
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(t.trim(), &mut out[..])
+        .map_err(|_| Error::BadInput(format!("{}: not 32 bytes of hex", p.display())))?;
+    Ok(out)
+}
+
+/// The key of the audit chain's MACs, derived from the folder's master key (for
+/// `broker audit --verify` on the broker's host).
+pub fn audit_key(dir: &Path) -> Result<audit::AuditKey> {
+    let master = read_hex32(&BrokerDir(dir.to_owned()).file("master.key"))?;
+    Ok(audit::AuditKey::derive(&master))
 }
 
 /// Opens a broker folder's state: keys and database.
-pub fn load(dir: &Path, db: Option<&Path>, settings: Settings) -> Result<Arc<AppState>, String> {
+pub fn load(dir: &Path, db: Option<&Path>, settings: Settings) -> Result<Arc<AppState>> {
     let d = BrokerDir(dir.to_owned());
     let master = read_hex32(&d.file("master.key"))?;
     let token = read_hex32(&d.file("token.key"))?;
     let admin = read_hex32(&d.file("admin.sha256"))?;
-    let db = db::Db::open(db.unwrap_or(&d.db())).map_err(|e| e.to_string())?;
-    let state = AppState::new(db, master, token, admin, settings)?;
+    let db = db::Db::open(db.unwrap_or(&d.db()), audit::AuditKey::derive(&master))?;
+    let state = AppState::new(db, *master, *token, *admin, settings)?;
     #[cfg(feature = "tdx")]
     let state = state.with_verifier(
         "tdx",
@@ -159,23 +176,24 @@ pub async fn serve(
     state: Arc<AppState>,
     listener: std::net::TcpListener,
     tls: Option<&BrokerDir>,
-) -> Result<(), String> {
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+) -> Result<()> {
+    let serve_err = |e: std::io::Error| Error::Serve(e.to_string());
+    listener.set_nonblocking(true).map_err(serve_err)?;
     let app = server::router(state).into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         None => {
-            let l = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-            axum::serve(l, app).await.map_err(|e| e.to_string())
+            let l = tokio::net::TcpListener::from_std(listener).map_err(serve_err)?;
+            axum::serve(l, app).await.map_err(serve_err)
         }
         Some(d) => {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let cfg = axum_server::tls_rustls::RustlsConfig::from_pem_file(d.cert(), d.key_pem())
                 .await
-                .map_err(|e| format!("TLS: {e}"))?;
+                .map_err(|e| Error::BadInput(format!("TLS key or certificate: {e}")))?;
             axum_server::from_tcp_rustls(listener, cfg)
                 .serve(app)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(serve_err)
         }
     }
 }

@@ -3,7 +3,21 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::PolicyError;
 use crate::verifier::Claims;
+
+/// Longest job name a client may send, and a policy may list (bytes).
+pub const MAX_JOB_NAME: usize = 64;
+
+/// Whether `job` is a job name this broker accepts: 1 to [`MAX_JOB_NAME`] characters from
+/// `A-Z a-z 0-9 . _ -`. The name is the client's choice, not something attested.
+pub fn valid_job_name(job: &str) -> bool {
+    !job.is_empty()
+        && job.len() <= MAX_JOB_NAME
+        && job
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
 
 /// A dataset's policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,22 +46,47 @@ pub struct Policy {
     pub tdx: Option<TdxRules>,
 }
 
-/// Minimum SNP TCB components (reported TCB).
+/// SEV-SNP rules. The four TCB minimums have no default: a policy that accepts `snp`
+/// must state them (0 would accept firmware with every published vulnerability).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(missing_docs)]
 pub struct SnpRules {
+    /// Lowest PSP bootloader SVN in the reported TCB.
     #[serde(default)]
-    pub min_bootloader: u8,
+    pub min_bootloader: Option<u8>,
+    /// Lowest PSP OS (TEE) SVN.
     #[serde(default)]
-    pub min_tee: u8,
+    pub min_tee: Option<u8>,
+    /// Lowest SNP firmware SVN.
     #[serde(default)]
-    pub min_snp: u8,
+    pub min_snp: Option<u8>,
+    /// Lowest microcode patch level.
     #[serde(default)]
-    pub min_microcode: u8,
+    pub min_microcode: Option<u8>,
     /// Lowest report version accepted (default 2).
     #[serde(default)]
     pub min_report_version: Option<u32>,
+    /// Highest VMPL a report may come from (default 0: the guest's most privileged
+    /// level; raise it only for a guest under an SVSM or paravisor whose own
+    /// measurement you trust).
+    #[serde(default)]
+    pub max_vmpl: u32,
+    /// Accept a guest whose policy allows a migration agent (bit 18), which can export
+    /// the guest's memory (default false).
+    #[serde(default)]
+    pub allow_migration_agent: bool,
+}
+
+impl SnpRules {
+    /// The four minimums, or the name of the first one missing.
+    fn minimums(&self) -> Result<[u8; 4], &'static str> {
+        Ok([
+            self.min_bootloader.ok_or("min_bootloader")?,
+            self.min_tee.ok_or("min_tee")?,
+            self.min_snp.ok_or("min_snp")?,
+            self.min_microcode.ok_or("min_microcode")?,
+        ])
+    }
 }
 
 /// TDX rules.
@@ -78,25 +117,27 @@ impl TdxRules {
 }
 
 /// A 48-byte register value in lowercase hex, as the claims carry it.
-fn check_48_hex(what: &str, m: &str) -> Result<(), String> {
+fn check_48_hex(what: &str, m: &str) -> Result<(), PolicyError> {
     if hex::decode(m).map_or(true, |b| b.len() != 48) || m.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!(
-            "policy: {what} {m:?} is not 48 bytes of lowercase hex"
-        ));
+        return Err(PolicyError(format!(
+            "{what} {m:?} is not 48 bytes of lowercase hex"
+        )));
     }
     Ok(())
 }
 
 impl Policy {
     /// Parses and checks a policy.
-    pub fn parse(text: &str) -> Result<Policy, String> {
-        let p: Policy = toml::from_str(text).map_err(|e| format!("policy: {e}"))?;
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let p: Policy = toml::from_str(text).map_err(|e| PolicyError(e.to_string()))?;
         if p.tee.is_empty() {
-            return Err("policy: `tee` must name at least one TEE type".into());
+            return Err(PolicyError("`tee` must name at least one TEE type".into()));
         }
         for t in &p.tee {
             if !["snp", "tdx", "sample"].contains(&t.as_str()) {
-                return Err(format!("policy: unknown TEE type {t:?} (snp, tdx, sample)"));
+                return Err(PolicyError(format!(
+                    "unknown TEE type {t:?} (snp, tdx, sample)"
+                )));
             }
         }
         for m in &p.measurements {
@@ -107,12 +148,47 @@ impl Policy {
                 check_48_hex(&format!("tdx.rtmr{i}"), m)?;
             }
         }
+        for j in &p.jobs {
+            if !valid_job_name(j) {
+                return Err(PolicyError(format!(
+                    "job name {j:?}: use 1-{MAX_JOB_NAME} characters from A-Z a-z 0-9 . _ -"
+                )));
+            }
+        }
+        if p.tee.iter().any(|t| t == "snp") {
+            let rules = p.snp.as_ref().ok_or_else(|| {
+                PolicyError(
+                    "a policy that accepts `snp` needs an [snp] table with min_bootloader, min_tee, min_snp and min_microcode: there is no safe default (AMD's security bulletins give the fixed versions for your processors)".into(),
+                )
+            })?;
+            if let Err(missing) = rules.minimums() {
+                return Err(PolicyError(format!(
+                    "[snp] {missing} is missing: state every TCB minimum (there is no safe default)"
+                )));
+            }
+        }
         Ok(p)
     }
 
     /// Whether the policy accepts the `sample` TEE (no hardware root of trust).
     pub fn allows_sample(&self) -> bool {
         self.tee.iter().any(|t| t == "sample")
+    }
+
+    /// What the owner should know before registering this policy: settings that let
+    /// jobs through that the owner may not mean to.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = vec![];
+        if self.allows_sample() {
+            w.push("this policy accepts the `sample` TEE, which proves nothing about the job; every such release is marked in the audit log".into());
+        }
+        if self.measurements.is_empty() && self.tee.iter().any(|t| t != "sample") {
+            w.push("this policy lists no measurements: any code in an accepted TEE gets the key (list the launch measurement or MRTD of your job's image)".into());
+        }
+        if self.jobs.is_empty() {
+            w.push("this policy lists no jobs: the job name is the client's choice anyway, not attested; it only keeps honest jobs apart".into());
+        }
+        w
     }
 
     /// Evaluates the policy; `Err` holds the reason for the audit log and the client.
@@ -147,16 +223,32 @@ impl Policy {
             return Err(format!("job {:?} not allowed", job.unwrap_or("")));
         }
         if c.tee == "snp" {
-            let r = self.snp.clone().unwrap_or_default();
-            let tcb = c.snp_tcb.ok_or("SNP evidence without a TCB")?;
+            let r = self.snp.as_ref().ok_or("the policy has no [snp] rules")?;
+            let [min_bl, min_tee, min_snp, min_uc] = r
+                .minimums()
+                .map_err(|m| format!("the policy's [snp] {m} is missing"))?;
+            let s = c.snp.ok_or("SNP evidence without a TCB")?;
+            let tcb = s.tcb;
             let min_v = r.min_report_version.unwrap_or(2);
-            if c.report_version.unwrap_or(0) < min_v {
+            if s.report_version < min_v {
                 return Err(format!("SNP report version below {min_v}"));
             }
-            if tcb.bootloader < r.min_bootloader
-                || tcb.tee < r.min_tee
-                || tcb.snp < r.min_snp
-                || tcb.microcode < r.min_microcode
+            if s.vmpl > r.max_vmpl {
+                return Err(format!(
+                    "SNP report from VMPL {} (the policy allows up to {})",
+                    s.vmpl, r.max_vmpl
+                ));
+            }
+            if s.migrate_ma && !r.allow_migration_agent {
+                return Err(
+                    "the SNP guest allows a migration agent (policy bit 18), which the policy does not"
+                        .into(),
+                );
+            }
+            if tcb.bootloader < min_bl
+                || tcb.tee < min_tee
+                || tcb.snp < min_snp
+                || tcb.microcode < min_uc
             {
                 return Err(format!(
                     "SNP TCB bootloader {} tee {} snp {} microcode {} below the policy's minimum",
@@ -200,8 +292,7 @@ mod tests {
         Claims {
             tee: "tdx".into(),
             measurement: Some("aa".repeat(48)),
-            snp_tcb: None,
-            report_version: None,
+            snp: None,
             tdx_status: Some("UpToDate".into()),
             tdx_rtmrs: Some(rtmr.map(|r| r.repeat(48))),
             insecure: false,
@@ -247,8 +338,105 @@ mod tests {
         for bad in ["AA".repeat(48), "aa".repeat(47), "zz".repeat(48)] {
             let e = Policy::parse(&format!("tee = [\"tdx\"]\n[tdx]\nrtmr2 = [\"{bad}\"]\n"))
                 .unwrap_err();
-            assert!(e.contains("tdx.rtmr2"), "{e}");
+            assert!(e.to_string().contains("tdx.rtmr2"), "{e}");
         }
         assert!(Policy::parse("tee = [\"tdx\"]\n[tdx]\nrtmr4 = []\n").is_err());
+    }
+
+    const SNP_RULES: &str =
+        "[snp]\nmin_bootloader = 3\nmin_tee = 0\nmin_snp = 8\nmin_microcode = 115\n";
+
+    fn snp_claims(vmpl: u32, migrate_ma: bool) -> Claims {
+        Claims {
+            tee: "snp".into(),
+            measurement: Some("aa".repeat(48)),
+            snp: Some(crate::verifier::SnpClaims {
+                tcb: crate::verifier::SnpTcb {
+                    bootloader: 3,
+                    tee: 0,
+                    snp: 8,
+                    microcode: 115,
+                },
+                report_version: 2,
+                vmpl,
+                migrate_ma,
+            }),
+            tdx_status: None,
+            tdx_rtmrs: None,
+            insecure: false,
+        }
+    }
+
+    /// There is no default TCB minimum: an SNP policy without them is refused when it
+    /// is parsed, before it can release anything.
+    #[test]
+    fn an_snp_policy_must_state_every_tcb_minimum() {
+        let e = Policy::parse("tee = [\"snp\"]\n").unwrap_err();
+        assert!(e.to_string().contains("no safe default"), "{e}");
+        for field in ["min_bootloader", "min_tee", "min_snp", "min_microcode"] {
+            let partial: String = SNP_RULES
+                .lines()
+                .filter(|l| !l.starts_with(field))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let e = Policy::parse(&format!("tee = [\"snp\"]\n{partial}")).unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
+        let p = Policy::parse(&format!("tee = [\"snp\"]\n{SNP_RULES}")).unwrap();
+        p.evaluate(&snp_claims(0, false), None, 0, 0).unwrap();
+        // One below any minimum is refused.
+        let mut low = snp_claims(0, false);
+        low.snp.as_mut().unwrap().tcb.microcode = 114;
+        assert!(p.evaluate(&low, None, 0, 0).unwrap_err().contains("below"));
+        // A TDX-only policy needs no [snp] table.
+        Policy::parse("tee = [\"tdx\"]\n").unwrap();
+    }
+
+    #[test]
+    fn snp_vmpl_and_migration_agent_are_refused_unless_allowed() {
+        let strict = Policy::parse(&format!("tee = [\"snp\"]\n{SNP_RULES}")).unwrap();
+        let e = strict
+            .evaluate(&snp_claims(1, false), None, 0, 0)
+            .unwrap_err();
+        assert!(e.contains("VMPL 1"), "{e}");
+        let e = strict
+            .evaluate(&snp_claims(0, true), None, 0, 0)
+            .unwrap_err();
+        assert!(e.contains("migration agent"), "{e}");
+        let lax = Policy::parse(&format!(
+            "tee = [\"snp\"]\n{SNP_RULES}max_vmpl = 1\nallow_migration_agent = true\n"
+        ))
+        .unwrap();
+        lax.evaluate(&snp_claims(1, true), None, 0, 0).unwrap();
+        assert!(lax.evaluate(&snp_claims(2, false), None, 0, 0).is_err());
+    }
+
+    #[test]
+    fn job_names_are_bounded_and_plain() {
+        assert!(valid_job_name("fashion-cnn_v2.1"));
+        for bad in ["", "a b", "x\n", "é", &"j".repeat(MAX_JOB_NAME + 1)] {
+            assert!(!valid_job_name(bad), "{bad:?}");
+            let e = Policy::parse(&format!("tee = [\"sample\"]\njobs = [{bad:?}]\n"));
+            assert!(e.is_err(), "{bad:?}");
+        }
+        assert!(valid_job_name(&"j".repeat(MAX_JOB_NAME)));
+    }
+
+    #[test]
+    fn warnings_name_what_the_policy_leaves_open() {
+        let w = Policy::parse("tee = [\"tdx\"]\n").unwrap().warnings();
+        assert!(w.iter().any(|w| w.contains("no measurements")), "{w:?}");
+        let w = Policy::parse(&format!(
+            "tee = [\"tdx\"]\nmeasurements = [\"{}\"]\njobs = [\"a\"]\n",
+            "ab".repeat(48)
+        ))
+        .unwrap()
+        .warnings();
+        assert!(w.is_empty(), "{w:?}");
+        let w = Policy::parse("tee = [\"sample\"]\njobs = [\"a\"]\n")
+            .unwrap()
+            .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("sample"));
     }
 }

@@ -71,6 +71,7 @@ impl Broker {
                 broker: self.url.clone(),
                 ca_cert_pem: None,
                 job: job.map(str::to_owned),
+                insecure_http: true,
             },
             id,
             ev,
@@ -82,6 +83,10 @@ impl Broker {
     }
     fn db_path(&self) -> PathBuf {
         self.dir.path().join("broker.db")
+    }
+    fn verify_audit(&self) -> Result<audit::Head, (u64, String)> {
+        let c = rusqlite::Connection::open(self.db_path()).unwrap();
+        audit::verify(&c, &blindfold_broker::audit_key(self.dir.path()).unwrap()).unwrap()
     }
 }
 
@@ -171,7 +176,7 @@ fn grant_sample_when_the_policy_names_it() {
         "{last:?}"
     );
     // What `broker serve` warns about at start-up: the sample-accepting policies only.
-    assert_eq!(b.register(&id(2), "tee = [\"snp\"]\n").0, 200);
+    assert_eq!(b.register(&id(2), "tee = [\"tdx\"]\n").0, 200);
     let reloaded = blindfold_broker::load(b.dir.path(), None, Settings::default()).unwrap();
     assert_eq!(reloaded.datasets_accepting_sample().unwrap(), vec![id(1)]);
 }
@@ -183,7 +188,11 @@ fn denials_by_policy() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    b.register(&id(1), "tee = [\"snp\", \"tdx\"]\n");
+    let (s, v) = b.register(
+        &id(1),
+        "tee = [\"snp\", \"tdx\"]\n[snp]\nmin_bootloader = 3\nmin_tee = 0\nmin_snp = 8\nmin_microcode = 115\n",
+    );
+    assert_eq!(s, 200, "{v}");
     b.register(
         &id(2),
         &format!("tee = [\"sample\"]\nmeasurements = [\"{MEAS}\"]\n"),
@@ -261,8 +270,94 @@ fn denials_by_policy() {
     assert!(denials.iter().any(|e| e.reason.contains("expired")));
     assert!(denials.iter().any(|e| e.reason.contains("limit")));
     assert!(denials.iter().any(|e| e.reason == "revoked"));
-    let c = rusqlite::Connection::open(b.db_path()).unwrap();
-    assert!(audit::verify(&c).unwrap().is_ok());
+    assert!(b.verify_audit().is_ok());
+}
+
+/// Revocation is final: registering the dataset again (exit 0 before) is refused, and
+/// the key stays withheld. An older version, or the same version with another manifest,
+/// is refused too; the same registration again (a policy change) is accepted.
+#[test]
+fn registration_cannot_undo_a_revocation_or_fork_a_version() {
+    let b = start(Settings::default());
+    let reg = |id: &str, version: u64, digest: &str| {
+        b.admin_post("/admin/v0/datasets", json!({"dataset_id": id, "key": STANDARD.encode([7u8; 32]), "manifest_sha256": digest.repeat(32), "version": version, "policy": "tee = [\"sample\"]\n"}))
+    };
+    assert_eq!(reg(&id(1), 3, "ab").0, 200);
+    assert_eq!(reg(&id(1), 3, "ab").0, 200, "the same version and manifest");
+    let (s, v) = reg(&id(1), 3, "cd");
+    assert_eq!((s, code(&v).as_str()), (409, "Conflict"), "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("another manifest"),
+        "{v}"
+    );
+    let (s, v) = reg(&id(1), 2, "ab");
+    assert_eq!((s, code(&v).as_str()), (409, "Conflict"), "{v}");
+    assert_eq!(reg(&id(1), 4, "ef").0, 200, "a newer version");
+    b.fetch(&id(1), None, &sample(None)).unwrap();
+    let (s, _) = b.admin_post(&format!("/admin/v0/datasets/{}/revoke", id(1)), json!({}));
+    assert_eq!(s, 200);
+    for version in [4, 5] {
+        let (s, v) = reg(&id(1), version, "ef");
+        assert_eq!((s, code(&v).as_str()), (409, "Conflict"), "{v}");
+        assert!(v["detail"].as_str().unwrap().contains("revoked"), "{v}");
+    }
+    assert_eq!(
+        denied(b.fetch(&id(1), None, &sample(None))),
+        ErrorCode::Revoked
+    );
+    let a = b.audit();
+    assert_eq!(
+        a.iter()
+            .filter(|e| e.event == "register" && e.outcome == "denied")
+            .count(),
+        4,
+        "{a:#?}"
+    );
+    assert!(b.verify_audit().is_ok());
+}
+
+/// What a client chooses is bounded before it is kept: a job name in the session, a
+/// reason quoting a malformed body in the audit log.
+#[test]
+fn client_chosen_strings_are_bounded() {
+    let b = start(Settings::default());
+    b.register(&id(1), "tee = [\"sample\"]\n");
+    let c = reqwest::blocking_free::client();
+    for job in [json!("j".repeat(512 << 10)), json!("a b"), json!(5)] {
+        let (s, v, ck) = auth(
+            &b,
+            &c,
+            json!({"version": "0.4.0", "tee": "sample", "extra-params": {"job": job}}),
+        );
+        assert_eq!((s, code(&v).as_str()), (400, "MalformedRequest"));
+        assert!(ck.is_none());
+        assert!(v["detail"].as_str().unwrap().len() < 1000);
+    }
+    let (s, _, ck) = auth(
+        &b,
+        &c,
+        json!({"version": "0.4.0", "tee": "sample", "extra-params": {"job": "j".repeat(64)}}),
+    );
+    assert_eq!(s, 200);
+    // A malformed attestation that quotes 512 KiB of the client's text in its error.
+    let junk = json!({"tee-evidence": "x".repeat(512 << 10)});
+    let (s, v) = c.raw(
+        "POST",
+        &format!("{}/kbs/v0/attest", b.url),
+        &[
+            ("cookie", ck.as_deref().unwrap()),
+            ("content-type", "application/json"),
+        ],
+        serde_json::to_vec(&junk).unwrap(),
+    );
+    assert_eq!((s, code(&v).as_str()), (400, "MalformedRequest"));
+    let conn = rusqlite::Connection::open(b.db_path()).unwrap();
+    let longest: i64 = conn
+        .query_row("SELECT max(length(entry)) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert!(longest < 1024, "an audit row of {longest} bytes");
+    let last = b.audit().pop().unwrap();
+    assert_eq!(last.job.as_deref(), Some("j".repeat(64).as_str()));
 }
 
 fn auth(b: &Broker, c: &reqwest::blocking_free::C, body: Value) -> (u16, Value, Option<String>) {
@@ -446,8 +541,7 @@ fn protocol_attacks_and_bad_input() {
         5,
         "{a:#?}"
     );
-    let conn = rusqlite::Connection::open(b.db_path()).unwrap();
-    assert!(audit::verify(&conn).unwrap().is_ok());
+    assert!(b.verify_audit().is_ok());
 }
 
 #[test]
@@ -480,7 +574,7 @@ fn audit_chain_detects_edits_and_deletions() {
     }
     let path = b.db_path();
     let c = rusqlite::Connection::open(&path).unwrap();
-    let head = audit::verify(&c).unwrap().unwrap();
+    let head = b.verify_audit().unwrap();
     assert_eq!(head.seq, 7);
     // Edit an entry's reason.
     let orig: String = c
@@ -490,13 +584,13 @@ fn audit_chain_detects_edits_and_deletions() {
     assert_ne!(edited, orig);
     c.execute("UPDATE audit SET entry = ?1 WHERE seq = 3", [edited])
         .unwrap();
-    assert_eq!(audit::verify(&c).unwrap().unwrap_err().0, 3);
+    assert_eq!(b.verify_audit().unwrap_err().0, 3);
     c.execute("UPDATE audit SET entry = ?1 WHERE seq = 3", [&orig])
         .unwrap();
-    assert!(audit::verify(&c).unwrap().is_ok());
+    assert!(b.verify_audit().is_ok());
     // Delete an entry in the middle.
     c.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
-    assert_eq!(audit::verify(&c).unwrap().unwrap_err().0, 4);
+    assert_eq!(b.verify_audit().unwrap_err().0, 4);
 }
 
 #[test]
@@ -513,8 +607,7 @@ fn state_survives_a_restart() {
         ErrorCode::PolicyDenied,
         "the release count survived"
     );
-    let c = rusqlite::Connection::open(b2.db_path()).unwrap();
-    assert_eq!(audit::verify(&c).unwrap().unwrap().seq, 1 + 2 * 3);
+    assert_eq!(b2.verify_audit().unwrap().seq, 1 + 2 * 3);
 }
 
 /// A TDX quote as Trustee's stock client sends it (`{cc_eventlog, quote}`, no

@@ -39,8 +39,10 @@ mod snp {
         let (c, rd) = v.verify_signed(&evidence(&r)).unwrap();
         assert_eq!(c.tee, "snp");
         assert_eq!(c.measurement, Some(hex::encode(&r[0x90..0xc0])));
-        assert_eq!(c.report_version, Some(2));
-        assert!(c.snp_tcb.is_some() && !c.insecure);
+        let snp = c.snp.unwrap();
+        assert_eq!(snp.report_version, 2);
+        assert_eq!((snp.vmpl, snp.migrate_ma), (0, false));
+        assert!(!c.insecure);
         assert_eq!(rd, r[0x50..0x90]);
         // The captured report data ends in non-zero bytes, so it is not a binding followed
         // by zeros: refused for that alone, never padded or truncated.
@@ -66,8 +68,8 @@ mod snp {
         let (c_raw, rd_raw) = v.verify_signed(&evidence(&r)).unwrap();
         assert_eq!(rd, rd_raw);
         assert_eq!(c.measurement, c_raw.measurement);
-        assert_eq!(format!("{:?}", c.snp_tcb), format!("{:?}", c_raw.snp_tcb));
-        assert_eq!(c.report_version, Some(2));
+        assert_eq!(c.snp, c_raw.snp);
+        assert_eq!(c.snp.unwrap().report_version, 2);
         // A changed measurement or report data no longer matches the signature; a changed
         // chip id no longer matches the VCEK (checked first).
         for (field, i, why) in [
@@ -190,6 +192,41 @@ mod snp {
             assert!(e.to_string().contains("VCEK"), "{e}");
         }
         assert!(blindfold_attest::evidence::snp_evidence(&r[..1000], Some(&table)).is_err());
+    }
+
+    /// A guest launched with DEBUG allowed (guest policy bit 19) is refused whatever
+    /// the policy says; the migration-agent bit (18) and the VMPL are carried to the
+    /// policy. The captured report allows neither.
+    #[test]
+    fn a_debug_guest_is_refused_and_migration_agent_and_vmpl_are_claimed() {
+        use blindfold_broker::verifier::snp::{
+            claims_from_report, POLICY_DEBUG, POLICY_MIGRATE_MA,
+        };
+        use sev::parser::ByteParser;
+        let rep = sev::firmware::guest::AttestationReport::from_bytes(&report()).unwrap();
+        assert_eq!(
+            u64::from(rep.policy) & (POLICY_DEBUG | POLICY_MIGRATE_MA),
+            0
+        );
+        claims_from_report(&rep).unwrap();
+        let mut debug = rep;
+        debug.policy = (u64::from(rep.policy) | POLICY_DEBUG).into();
+        let e = claims_from_report(&debug).unwrap_err();
+        assert!(
+            matches!(&e, Rejection::Evidence(m) if m.contains("DEBUG")),
+            "{e:?}"
+        );
+        let mut ma = rep;
+        ma.policy = (u64::from(rep.policy) | POLICY_MIGRATE_MA).into();
+        ma.vmpl = 2;
+        let s = claims_from_report(&ma).unwrap().snp.unwrap();
+        assert!(s.migrate_ma);
+        assert_eq!(s.vmpl, 2);
+        // In the signed bytes the policy is covered by the signature: a report edited to
+        // clear the bit no longer verifies (policy at 0x08).
+        let mut t = report();
+        t[0x08 + 2] ^= 0x08;
+        assert!(SnpVerifier::new().verify_signed(&evidence(&t)).is_err());
     }
 
     #[test]
@@ -326,8 +363,40 @@ mod tdx {
             .unwrap()
             .replace("\"id\":\"TDX\"", "\"id\":\"SGX\""));
         let e = add_collateral(&store, sgx.to_string().as_bytes()).unwrap_err();
-        assert!(e.contains("not TDX"), "{e}");
+        assert!(e.to_string().contains("not TDX"), "{e}");
         assert_eq!(std::fs::read_dir(&store).unwrap().count(), before);
+    }
+
+    /// A TD in debug mode (or open to profiling) is refused: `dcap-qvl` refuses it by
+    /// default, and blindfold checks the attributes again on the verified report.
+    #[test]
+    fn a_debug_td_is_refused() {
+        use blindfold_broker::verifier::tdx::claims_from_report;
+        let q = data("tdx_quote");
+        let quote = dcap_qvl::quote::Quote::parse(&q).unwrap();
+        let td = *quote.report.as_td10().unwrap();
+        assert_eq!(
+            td.td_attributes[0] & 0x71,
+            0,
+            "the captured TD is not a debug TD"
+        );
+        claims_from_report(&td, "UpToDate".into()).unwrap();
+        for (bit, why) in [(0x01, "debug mode"), (0x10, "profiling")] {
+            let mut t = td;
+            t.td_attributes[0] |= bit;
+            let e = claims_from_report(&t, "UpToDate".into()).unwrap_err();
+            assert!(
+                matches!(&e, Rejection::Evidence(m) if m.contains(why)),
+                "{e:?}"
+            );
+        }
+        // The attributes are signed: setting DEBUG in the captured quote breaks it
+        // (TD report at 48, TDATTRIBUTES at its byte 120).
+        let mut t = q.clone();
+        t[48 + 120] |= 0x01;
+        assert!(TdxVerifier::insecure_fixed_time(NOW)
+            .verify_signed(&evidence(&t))
+            .is_err());
     }
 
     #[test]

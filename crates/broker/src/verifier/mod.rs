@@ -21,6 +21,20 @@ pub struct SnpTcb {
     pub microcode: u8,
 }
 
+/// What a verified SEV-SNP report says beyond its measurement, for the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnpClaims {
+    /// The reported TCB (what the VCEK was issued for).
+    pub tcb: SnpTcb,
+    /// The report's version.
+    pub report_version: u32,
+    /// The VM privilege level the report was requested from (0 is the most privileged).
+    pub vmpl: u32,
+    /// Guest policy bit 18: a migration agent may be associated with the guest (it can
+    /// export the guest's memory). A guest with bit 19 (DEBUG) never gets this far.
+    pub migrate_ma: bool,
+}
+
 /// What verified evidence says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
@@ -28,10 +42,8 @@ pub struct Claims {
     pub tee: String,
     /// Launch measurement / MRTD, lowercase hex.
     pub measurement: Option<String>,
-    /// SNP reported TCB.
-    pub snp_tcb: Option<SnpTcb>,
-    /// SNP report version.
-    pub report_version: Option<u32>,
+    /// SNP: TCB, report version, VMPL, migration agent.
+    pub snp: Option<SnpClaims>,
     /// TDX TCB status from Intel's collateral.
     pub tdx_status: Option<String>,
     /// TDX runtime measurement registers RTMR0..3, lowercase hex.
@@ -79,7 +91,7 @@ pub trait Verifier: Send + Sync {
 }
 
 /// The verifier for a TEE type, or why there is none.
-pub fn for_tee(tee: &str) -> Result<Box<dyn Verifier>, String> {
+pub fn for_tee(tee: &str) -> crate::Result<Box<dyn Verifier>> {
     match tee {
         #[cfg(feature = "sample")]
         "sample" => Ok(Box::new(sample::SampleVerifier)),
@@ -88,10 +100,12 @@ pub fn for_tee(tee: &str) -> Result<Box<dyn Verifier>, String> {
         #[cfg(feature = "tdx")]
         "tdx" => Ok(Box::new(tdx::TdxVerifier::new())),
         #[allow(unreachable_patterns)]
-        "sample" | "snp" | "tdx" => Err(format!(
+        "sample" | "snp" | "tdx" => Err(crate::Error::BadInput(format!(
             "the {tee} verifier is not enabled in this build (cargo feature `{tee}`)"
-        )),
-        other => Err(format!("TEE type {other:?} is not supported")),
+        ))),
+        other => Err(crate::Error::BadInput(format!(
+            "TEE type {other:?} is not supported"
+        ))),
     }
 }
 

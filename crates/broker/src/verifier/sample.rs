@@ -28,8 +28,7 @@ impl Verifier for SampleVerifier {
         let claims = Claims {
             tee: "sample".into(),
             measurement: e.measurement.map(|m| m.to_ascii_lowercase()),
-            snp_tcb: None,
-            report_version: None,
+            snp: None,
             tdx_status: None,
             tdx_rtmrs: None,
             insecure: true,

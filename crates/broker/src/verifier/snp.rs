@@ -14,7 +14,8 @@
 //!
 //! The VCEK's TCB extensions (bootloader, TEE, SNP, microcode SPLs) must equal the
 //! report's reported TCB, and its hardware id the report's chip id (unless the report
-//! masks it): a VCEK for another chip or TCB is refused. Not checked (stated in
+//! masks it): a VCEK for another chip or TCB is refused. A guest launched with DEBUG
+//! allowed (guest policy bit 19) is refused ([`claims_from_report`]). Not checked (stated in
 //! docs/threat-model.md): certificate validity dates and revocation (AMD's CRL). The
 //! policy checks the reported TCB against its minimums.
 
@@ -25,7 +26,7 @@ use sev::parser::ByteParser;
 
 use blindfold_protocol::snp::SnpEvidence;
 
-use super::{b64_field, Claims, Rejection, SnpTcb, Verifier};
+use super::{b64_field, Claims, Rejection, SnpClaims, SnpTcb, Verifier};
 
 /// Verifier of SNP reports.
 pub struct SnpVerifier {
@@ -94,23 +95,49 @@ impl Verifier for SnpVerifier {
                 "the report is not signed by a VCEK chaining to an AMD root".into(),
             ));
         }
-        let t = report.reported_tcb;
-        let claims = Claims {
-            tee: "snp".into(),
-            measurement: Some(hex::encode(report.measurement)),
-            snp_tcb: Some(SnpTcb {
+        let claims = claims_from_report(&report)?;
+        Ok((claims, report.report_data.to_vec()))
+    }
+}
+
+/// Guest policy bit 19: DEBUG. The host may read and write the guest's memory with the
+/// firmware's debug commands; the launch measurement is the same as without it.
+pub const POLICY_DEBUG: u64 = 1 << 19;
+/// Guest policy bit 18: MIGRATE_MA. A migration agent may be associated with the guest
+/// and can export its memory.
+pub const POLICY_MIGRATE_MA: u64 = 1 << 18;
+
+/// The claims of a signed report. A guest launched with DEBUG allowed is refused here,
+/// whatever the policy says: its memory (the released key, the records) is open to the
+/// host. Whether a migration agent or a VMPL other than 0 is acceptable is the policy's
+/// decision (docs/broker-protocol.md §4).
+pub fn claims_from_report(report: &AttestationReport) -> Result<Claims, Rejection> {
+    let policy = u64::from(report.policy);
+    if policy & POLICY_DEBUG != 0 {
+        return Err(Rejection::Evidence(
+            "the guest was launched with DEBUG allowed (policy bit 19): the host can read its memory"
+                .into(),
+        ));
+    }
+    let t = report.reported_tcb;
+    Ok(Claims {
+        tee: "snp".into(),
+        measurement: Some(hex::encode(report.measurement)),
+        snp: Some(SnpClaims {
+            tcb: SnpTcb {
                 bootloader: t.bootloader,
                 tee: t.tee,
                 snp: t.snp,
                 microcode: t.microcode,
-            }),
-            report_version: Some(report.version),
-            tdx_status: None,
-            tdx_rtmrs: None,
-            insecure: false,
-        };
-        Ok((claims, report.report_data.to_vec()))
-    }
+            },
+            report_version: report.version,
+            vmpl: report.vmpl,
+            migrate_ma: policy & POLICY_MIGRATE_MA != 0,
+        }),
+        tdx_status: None,
+        tdx_rtmrs: None,
+        insecure: false,
+    })
 }
 
 /// AMD's VCEK extension OIDs (VCEK specification, chapter 3).

@@ -123,17 +123,40 @@ impl Verifier for TdxVerifier {
         } else {
             return Err(Rejection::Evidence("not a TDX quote".into()));
         };
-        let claims = Claims {
-            tee: "tdx".into(),
-            measurement: Some(hex::encode(td.mr_td)),
-            snp_tcb: None,
-            report_version: None,
-            tdx_status: Some(v.status),
-            tdx_rtmrs: Some([td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3].map(hex::encode)),
-            insecure: false,
-        };
+        let claims = claims_from_report(td, v.status)?;
         Ok((claims, td.report_data.to_vec()))
     }
+}
+
+/// The claims of a verified TD report. `dcap-qvl`'s verification already refuses a TD
+/// with DEBUG or profiling set in its attributes (its default, `allow_debug = false`);
+/// this checks it again so that a change of that default, or of the library, cannot
+/// quietly let a debug TD through: a debug TD's memory is open to the host.
+pub fn claims_from_report(
+    td: &dcap_qvl::quote::TDReport10,
+    tcb_status: String,
+) -> Result<Claims, Rejection> {
+    // TDATTRIBUTES byte 0 is the TUD group: bit 0 DEBUG, bits 4..6 performance
+    // monitoring and profiling (Intel TDX module ABI, TD attributes).
+    let tud = td.td_attributes[0];
+    if tud & 0x01 != 0 {
+        return Err(Rejection::Evidence(
+            "the TD runs in debug mode (TDATTRIBUTES.DEBUG): the host can read its memory".into(),
+        ));
+    }
+    if tud & 0x70 != 0 {
+        return Err(Rejection::Evidence(
+            "the TD allows profiling by the host (TDATTRIBUTES bits 4..6)".into(),
+        ));
+    }
+    Ok(Claims {
+        tee: "tdx".into(),
+        measurement: Some(hex::encode(td.mr_td)),
+        snp: None,
+        tdx_status: Some(tcb_status),
+        tdx_rtmrs: Some([td.rt_mr0, td.rt_mr1, td.rt_mr2, td.rt_mr3].map(hex::encode)),
+        insecure: false,
+    })
 }
 
 fn now_secs() -> u64 {
@@ -160,32 +183,33 @@ pub struct StoredCollateral {
 /// Intel PCS or a PCCS) to the broker's store `dir`, replacing the one for the same
 /// platform. The file is checked for form only (its signatures are checked, with the
 /// quote, at each verification), written to a temporary file, synced, and renamed.
-pub fn add_collateral(dir: &Path, json: &[u8]) -> Result<StoredCollateral, String> {
-    let coll: dcap_qvl::QuoteCollateralV3 =
-        serde_json::from_slice(json).map_err(|e| format!("not TDX quote collateral: {e}"))?;
+pub fn add_collateral(dir: &Path, json: &[u8]) -> crate::Result<StoredCollateral> {
+    use crate::Error;
+    let coll: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(json)
+        .map_err(|e| Error::BadInput(format!("not TDX quote collateral: {e}")))?;
     let tcb: Value = serde_json::from_str(&coll.tcb_info)
-        .map_err(|e| format!("collateral's tcb_info is not JSON: {e}"))?;
+        .map_err(|e| Error::BadInput(format!("collateral's tcb_info is not JSON: {e}")))?;
     if tcb.get("id").and_then(Value::as_str) != Some("TDX") {
-        return Err(format!(
+        return Err(Error::BadInput(format!(
             "collateral's TCB info is for {:?}, not TDX",
             tcb.get("id").and_then(Value::as_str).unwrap_or("?")
-        ));
+        )));
     }
     let fmspc = tcb
         .get("fmspc")
         .and_then(Value::as_str)
         .filter(|f| f.len() == 12 && f.chars().all(|c| c.is_ascii_hexdigit()))
-        .ok_or("collateral's TCB info has no 12-hex-digit fmspc")?
+        .ok_or_else(|| Error::BadInput("collateral's TCB info has no 12-hex-digit fmspc".into()))?
         .to_ascii_uppercase();
     let next_update = tcb
         .get("nextUpdate")
         .and_then(Value::as_str)
         .unwrap_or("?")
         .to_owned();
-    let ca = crl_ca(&coll.pck_crl)?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ca = crl_ca(&coll.pck_crl).map_err(Error::BadInput)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = store_file(dir, &fmspc, ca);
-    crate::write_replacing(&path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::write_replacing(&path, json).map_err(|e| Error::io(&path, e))?;
     Ok(StoredCollateral {
         path,
         fmspc,
