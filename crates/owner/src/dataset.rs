@@ -7,7 +7,7 @@ use std::sync::mpsc;
 
 use blindfold_format::{
     manifest_digest, DatasetId, DatasetKey, Manifest, ShardEntry, ShardHeader, ShardOpener, Split,
-    MANIFEST_NAME, MAX_HEADER_LEN, TAG_LEN,
+    MANIFEST_NAME, MAX_HEADER_LEN, MAX_MANIFEST_LEN, TAG_LEN,
 };
 use blindfold_store::Store;
 use serde_json::Value;
@@ -21,13 +21,32 @@ use crate::Progress;
 /// Bytes fetched from storage in one read while streaming a shard.
 const BATCH_BYTES: u64 = 8 << 20;
 
-/// The version and manifest digest a reader expects (from the key store or the broker).
+/// The one version and manifest digest a reader accepts (the broker's registration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expected {
-    /// Latest version recorded.
+    /// The registered version.
     pub version: u64,
     /// SHA-256 of that version's manifest.
     pub manifest_sha256: [u8; 32],
+}
+
+/// Why a manifest that authenticates under the key is still not the expected one.
+fn version_mismatch(found: u64, digest: &[u8; 32], exp: &Expected) -> Option<String> {
+    use std::cmp::Ordering;
+    match found.cmp(&exp.version) {
+        Ordering::Less => Some(format!(
+            "rolled back: manifest version {found} is older than the recorded version {}",
+            exp.version
+        )),
+        Ordering::Equal if *digest != exp.manifest_sha256 => Some(format!(
+            "forked: manifest version {found} differs from the one recorded"
+        )),
+        Ordering::Equal => None,
+        Ordering::Greater => Some(format!(
+            "unregistered: manifest version {found} is newer than the recorded version {} (any holder of the dataset key can make one; only the owner's registration makes it current)",
+            exp.version
+        )),
+    }
 }
 
 /// One shard of a sealed dataset as [`SealedDataset::for_each_sealed_shard`] hands it
@@ -62,9 +81,26 @@ pub struct SealedDataset {
     key: DatasetKey,
 }
 
-/// Reads the manifest object, mapping "not there" to [`Error::NoDataset`].
+/// Reads the manifest object, mapping "not there" to [`Error::NoDataset`]. An object
+/// larger than a manifest may be is refused before it is read: storage is untrusted,
+/// and the trainer reads the manifest before it holds any key.
 pub fn read_manifest(store: &Store) -> Result<Vec<u8>> {
-    match store.get(MANIFEST_NAME) {
+    let size = store
+        .size(MANIFEST_NAME)?
+        .ok_or_else(|| Error::NoDataset(store.location().to_owned()))?;
+    if size > MAX_MANIFEST_LEN {
+        return Err(Error::sealed(
+            format!("{}/{MANIFEST_NAME}", store.location()),
+            blindfold_format::Error::Malformed {
+                object: blindfold_format::Object::Manifest,
+                what: format!("{size} bytes, more than a manifest may be ({MAX_MANIFEST_LEN})"),
+            },
+        ));
+    }
+    if size == 0 {
+        return Ok(vec![]);
+    }
+    match store.get_range(MANIFEST_NAME, 0..size) {
         Ok(b) => Ok(b),
         Err(blindfold_store::Error::NotFound { .. }) => {
             Err(Error::NoDataset(store.location().to_owned()))
@@ -83,27 +119,37 @@ pub fn claimed_id(store: &Store) -> Result<DatasetId> {
 
 impl SealedDataset {
     /// Opens the dataset at `store` with the key the owner's key store holds for it, and
-    /// checks the manifest against the recorded version (rollback). A valid newer
-    /// version, which only a key holder can make, advances the record.
+    /// checks the manifest against what the key store recorded: the latest version, or
+    /// a newer one this key store sealed whose manifest it had not yet confirmed written
+    /// (then the record advances). Anything else is refused: an older version (rollback),
+    /// another manifest of a version (fork), or a version this key store never sealed
+    /// (one made by another holder of the dataset key, a training job say).
     pub fn open(ks: &KeyStore, store: Store) -> Result<Self> {
         let id = claimed_id(&store)?;
         let (rec, key) = ks.dataset(&id)?;
-        let expected = Expected {
+        let recorded = Expected {
             version: rec.version,
             manifest_sha256: hex::decode(&rec.manifest_sha256)
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| Error::KeyStore("damaged record: manifest digest".into()))?,
         };
-        let ds = Self::open_with_key(store, key, Some(expected))?;
-        if ds.manifest.version > expected.version {
-            ks.set_version(&id, ds.manifest.version, &ds.manifest_sha256)?;
+        let ds = Self::open_with_key(store, key, None)?;
+        let (version, digest) = (ds.manifest.version, ds.manifest_sha256);
+        if version > rec.version && rec.published(version, &digest) {
+            ks.set_version(&id, version, &digest)?;
+        } else if let Some(what) = version_mismatch(version, &digest, &recorded) {
+            return Err(Error::RolledBack {
+                location: ds.store.location().to_owned(),
+                what,
+            });
         }
         Ok(ds)
     }
 
-    /// Opens the dataset at `store` with `key`. With `expected`, an older manifest is
-    /// rejected as a rollback and a different one of the same version as a fork.
+    /// Opens the dataset at `store` with `key`. With `expected`, the manifest must be
+    /// exactly that version and digest: an older one is a rollback, another one of the
+    /// same version a fork, a newer one unregistered.
     pub fn open_with_key(
         store: Store,
         key: DatasetKey,
@@ -113,25 +159,11 @@ impl SealedDataset {
         let bytes = read_manifest(&store)?;
         let manifest = Manifest::open(&key, &bytes).map_err(|e| Error::sealed(&at, e))?;
         let digest = manifest_digest(&bytes);
-        if let Some(exp) = expected {
-            if manifest.version < exp.version {
-                return Err(Error::RolledBack {
-                    location: store.location().to_owned(),
-                    what: format!(
-                        "rolled back: manifest version {} is older than the recorded version {}",
-                        manifest.version, exp.version
-                    ),
-                });
-            }
-            if manifest.version == exp.version && digest != exp.manifest_sha256 {
-                return Err(Error::RolledBack {
-                    location: store.location().to_owned(),
-                    what: format!(
-                        "forked: manifest version {} differs from the one recorded",
-                        manifest.version
-                    ),
-                });
-            }
+        if let Some(what) = expected.and_then(|e| version_mismatch(manifest.version, &digest, &e)) {
+            return Err(Error::RolledBack {
+                location: store.location().to_owned(),
+                what,
+            });
         }
         Ok(SealedDataset {
             store,
@@ -198,6 +230,37 @@ impl SealedDataset {
                         .into(),
                 )
             })
+    }
+
+    /// Seals a training job's output (model, metrics) to the owner named in the sealed
+    /// metadata, authenticated by this dataset's key and naming this dataset, version
+    /// and manifest as its source (docs/sealed-format.md §10).
+    pub fn seal_output(
+        &self,
+        kind: &str,
+        content_type: &str,
+        info: Value,
+        plaintext: &[u8],
+        name: &str,
+    ) -> Result<Vec<u8>> {
+        let header = blindfold_format::OutputHeader::new(
+            kind,
+            content_type,
+            Some(blindfold_format::OutputSource {
+                dataset_id: self.manifest.dataset_id.to_hex(),
+                version: self.manifest.version,
+                manifest_sha256: hex::encode(self.manifest_sha256),
+            }),
+            info,
+        );
+        blindfold_format::seal_output(
+            &self.owner_public()?,
+            &header,
+            Some(&self.key),
+            plaintext,
+            name,
+        )
+        .map_err(|e| Error::Bug(format!("sealing {name}: {e}")))
     }
 
     fn at(&self, path: &str) -> String {
@@ -283,10 +346,13 @@ impl SealedDataset {
             // Reading and opening run on a helper thread, one batch ahead of `f`, so
             // storage reads and decryption overlap with what `f` does (writing files).
             std::thread::scope(|s| -> Result<()> {
-                type Batch = (Vec<u8>, usize);
+                // Every buffer that ever holds plaintext is zeroizing: wiped when it is
+                // dropped, whether after use or on an error halfway through a batch.
+                type Buf = Zeroizing<Vec<u8>>;
+                type Batch = (Buf, usize);
                 let (tx, rx) = mpsc::sync_channel::<Result<Batch>>(1);
                 // Buffers come back to the reader for reuse (no fresh allocation per batch).
-                let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+                let (free_tx, free_rx) = mpsc::channel::<Buf>();
                 let store = &self.store;
                 let path = &entry.path;
                 let (hh, opener, at) = (&h, &opener, &at);

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 /// An error of the owner's tools. Each variant's doc says who is at fault; none carries
-/// plaintext.
+/// plaintext. Not `non_exhaustive`: the CLI gives every variant its exit status by an
+/// exhaustive match.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// The user's input is not what the importer or command expects (user's fault).
     #[error("{0}")]
@@ -41,8 +41,9 @@ pub enum Error {
     /// No sealed dataset at the location.
     #[error("{0}: no sealed dataset here (no manifest.bfm)")]
     NoDataset(String),
-    /// The manifest is older than the one the owner recorded (rollback), or differs at
-    /// the same version (fork).
+    /// The manifest is not the version the owner recorded or registered: older
+    /// (rollback), another manifest of the same version (fork), or newer but never
+    /// registered (made by another holder of the dataset key).
     #[error("{location}: {what}")]
     RolledBack {
         /// The dataset location.
@@ -50,6 +51,10 @@ pub enum Error {
         /// Recorded vs found.
         what: String,
     },
+    /// A sealed output that nothing authenticates (the plaintext baseline's), opened
+    /// without accepting that.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// The key store is missing, locked, or has no key for this dataset.
     #[error("key store: {0}")]
     KeyStore(String),
@@ -90,23 +95,6 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
-        }
-    }
-
-    /// A short category for exit codes and scripts.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Error::BadInput(_)
-            | Error::OutputExists(_)
-            | Error::NoDataset(_)
-            | Error::Storage(blindfold_store::Error::BadLocation(..)) => "bad input",
-            Error::Integrity { .. } | Error::MissingShard { .. } | Error::RolledBack { .. } => {
-                "integrity"
-            }
-            Error::Format { .. } => "format",
-            Error::KeyStore(_) => "key store",
-            Error::Storage(_) | Error::Io { .. } => "io",
-            Error::Bug(_) => "bug",
         }
     }
 }

@@ -4,10 +4,18 @@
 //! - `keystore.json`: the master key (raw, or wrapped under Argon2id of a passphrase) and
 //!   the owner's HPKE identity (X25519) whose secret half is wrapped under the master key;
 //! - `datasets/<dataset id>.json`: each dataset's key wrapped under the master key, with
-//!   the latest manifest version and digest the owner published (rollback detection).
+//!   the latest manifest version and digest the owner published and every version this
+//!   key store sealed (rollback detection, and which outputs the owner accepts).
 //!
 //! Wrapping is AES-256-GCM (aws-lc-rs) with a random nonce and associated data naming
-//! what is wrapped, so a wrapped key cannot be moved to another record.
+//! what is wrapped. A dataset record's associated data also covers a digest of every
+//! field of the record (id, suite, versions, digests, location), so editing one (lowering
+//! the version, say) makes the key fail to unwrap: the record is refused as damaged.
+//! The identity's public key is not trusted as stored: it is recomputed from the
+//! identity's secret key, and a file naming another public key is refused.
+//!
+//! Not detected: replacing a record (or the whole store) by an older copy of itself,
+//! which is authentic. Back the key store up, and keep it where only the owner writes.
 
 use std::fs;
 use std::io::Write;
@@ -24,7 +32,9 @@ const KEYSTORE_FILE: &str = "keystore.json";
 const DATASETS_DIR: &str = "datasets";
 const AAD_MASTER: &[u8] = b"blindfold/v1/keystore/master";
 const AAD_IDENTITY: &[u8] = b"blindfold/v1/keystore/identity";
-const AAD_DATASET: &[u8] = b"blindfold/v1/keystore/dataset/";
+const AAD_DATASET: &[u8] = b"blindfold/v2/keystore/dataset/";
+/// Format of a dataset record. Version 1 records did not authenticate their fields.
+const RECORD_FORMAT: u32 = 2;
 
 /// Argon2id cost for passphrase-protected key stores (64 MiB, 3 passes, 1 lane).
 pub const ARGON2_M_KIB: u32 = 64 * 1024;
@@ -75,10 +85,22 @@ struct IdentityJson {
     wrapped_secret: String,
 }
 
+/// A manifest version this key store sealed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Published {
+    /// Manifest version.
+    pub version: u64,
+    /// SHA-256 of that manifest (hex).
+    pub manifest_sha256: String,
+}
+
 /// What the key store records about one sealed dataset.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetRecord {
+    /// Record format ([`RECORD_FORMAT`]).
+    pub format: u32,
     /// Dataset id (hex).
     pub dataset_id: String,
     /// Suite name.
@@ -93,6 +115,49 @@ pub struct DatasetRecord {
     pub manifest_sha256: String,
     /// Where it was sealed to, as given.
     pub location: String,
+    /// Every version this key store sealed, oldest first. The last may be newer than
+    /// `version`: sealed, but its manifest not yet confirmed written (a crash between
+    /// the two); the owner's tools accept it when they find it in storage.
+    pub history: Vec<Published>,
+}
+
+impl DatasetRecord {
+    /// The associated data of the wrapped key: the label, the dataset id, and the
+    /// SHA-256 of every other field in a fixed order.
+    fn aad(&self, id: &DatasetId) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            format: u32,
+            dataset_id: &'a str,
+            suite: &'a str,
+            version: u64,
+            manifest_sha256: &'a str,
+            location: &'a str,
+            history: &'a [Published],
+        }
+        let fields = serde_json::to_vec(&Fields {
+            format: self.format,
+            dataset_id: &self.dataset_id,
+            suite: &self.suite,
+            version: self.version,
+            manifest_sha256: &self.manifest_sha256,
+            location: &self.location,
+            history: &self.history,
+        })
+        .expect("serializable");
+        let mut aad = AAD_DATASET.to_vec();
+        aad.extend_from_slice(&id.0);
+        aad.extend_from_slice(&blindfold_format::sha256(&fields));
+        aad
+    }
+
+    /// Whether this key store sealed `version` with manifest `digest`.
+    pub fn published(&self, version: u64, digest: &[u8; 32]) -> bool {
+        let d = hex::encode(digest);
+        self.history
+            .iter()
+            .any(|p| p.version == version && p.manifest_sha256 == d)
+    }
 }
 
 /// An unlocked key store.
@@ -150,6 +215,16 @@ fn unwrap(
         .len();
     buf.truncate(n);
     Some(buf)
+}
+
+/// The X25519 public key of an HPKE identity's secret key.
+fn public_of(sk: &[u8]) -> Result<Vec<u8>> {
+    use hpke::{Deserializable, Kem, Serializable};
+    let sk = <hpke::kem::X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(sk)
+        .map_err(|_| Error::KeyStore("the identity's secret key is malformed".into()))?;
+    Ok(<hpke::kem::X25519HkdfSha256 as Kem>::sk_to_pk(&sk)
+        .to_bytes()
+        .to_vec())
 }
 
 fn argon2_key(
@@ -322,8 +397,10 @@ impl KeyStore {
             return Err(Error::KeyStore("master key has the wrong length".into()));
         }
         let master = aes_key(&raw)?;
-        // Check the identity unwraps: detects a damaged file or a mixed-up master key now.
-        unwrap(
+        // The identity must unwrap (a damaged file or a mixed-up master key shows now),
+        // and its public key is recomputed from the secret: the stored one is only
+        // accepted if it is that key (an edited one would send every model elsewhere).
+        let sk = unwrap(
             &master,
             AAD_IDENTITY,
             &ks.identity.nonce,
@@ -332,11 +409,17 @@ impl KeyStore {
         .ok_or_else(|| {
             Error::KeyStore("the identity key does not unwrap: damaged key store".into())
         })?;
+        let identity_public = public_of(&sk)?;
+        if hex::decode(&ks.identity.public).ok().as_deref() != Some(&identity_public[..]) {
+            return Err(Error::KeyStore(format!(
+                "{}: the identity's public key is not the one of its secret key: the file was edited",
+                file.display()
+            )));
+        }
         Ok(KeyStore {
             home: home.to_owned(),
             master,
-            identity_public: hex::decode(&ks.identity.public)
-                .map_err(|_| Error::KeyStore("identity public key is not hex".into()))?,
+            identity_public,
             identity_wrapped: (ks.identity.nonce, ks.identity.wrapped_secret),
         })
     }
@@ -348,11 +431,20 @@ impl KeyStore {
 
     /// Opens a sealed output (a trained model, metrics) that a job encrypted to the
     /// owner's public key. The identity's secret key is unwrapped only for this call.
+    ///
+    /// An output that names a source dataset opens only with that dataset's key from
+    /// this key store (only a holder of the dataset key could have made it), and must
+    /// name a version and manifest this key store sealed. One that names no source (the
+    /// plaintext baseline's) is unauthenticated: anyone who knows the owner's public key
+    /// could have written it; it is refused unless `danger_unauthenticated`.
     pub fn open_output(
         &self,
         bytes: &[u8],
         name: &str,
+        danger_unauthenticated: bool,
     ) -> Result<(blindfold_format::OutputHeader, Zeroizing<Vec<u8>>)> {
+        let header = blindfold_format::output_header_unverified(bytes, name)
+            .map_err(|e| Error::sealed(name, e))?;
         let sk = unwrap(
             &self.master,
             AAD_IDENTITY,
@@ -362,7 +454,40 @@ impl KeyStore {
         .ok_or_else(|| {
             Error::KeyStore("the identity key does not unwrap: damaged key store".into())
         })?;
-        blindfold_format::open_output(&sk, bytes, name).map_err(|e| Error::sealed(name, e))
+        let Some(src) = &header.source else {
+            if !danger_unauthenticated {
+                return Err(Error::Unauthenticated(format!(
+                    "{name} names no sealed dataset: it is not authenticated (anyone who knows your public key could have written it, as the plaintext baseline does)"
+                )));
+            }
+            return blindfold_format::open_output(&sk, None, bytes, name)
+                .map_err(|e| Error::sealed(name, e));
+        };
+        let id = DatasetId::from_hex(&src.dataset_id).ok_or_else(|| {
+            Error::sealed(
+                name,
+                blindfold_format::Error::Malformed {
+                    object: blindfold_format::Object::Output(name.into()),
+                    what: "source dataset_id".into(),
+                },
+            )
+        })?;
+        let (rec, key) = self.dataset(&id)?;
+        let opened = blindfold_format::open_output(&sk, Some(&key), bytes, name)
+            .map_err(|e| Error::sealed(name, e))?;
+        let digest: Option<[u8; 32]> = hex::decode(&src.manifest_sha256)
+            .ok()
+            .and_then(|d| d.try_into().ok());
+        if !digest.is_some_and(|d| rec.published(src.version, &d)) {
+            return Err(Error::RolledBack {
+                location: name.into(),
+                what: format!(
+                    "made from version {} of dataset {id} with a manifest this key store never sealed",
+                    src.version
+                ),
+            });
+        }
+        Ok(opened)
     }
 
     /// The owner's HPKE public key (X25519, 32 bytes): sealed models are encrypted to it.
@@ -374,12 +499,6 @@ impl KeyStore {
         self.home
             .join(DATASETS_DIR)
             .join(format!("{}.json", id.to_hex()))
-    }
-
-    fn dataset_aad(id: &DatasetId) -> Vec<u8> {
-        let mut aad = AAD_DATASET.to_vec();
-        aad.extend_from_slice(&id.0);
-        aad
     }
 
     /// Records a new dataset's key. Refuses to replace an existing record.
@@ -398,23 +517,34 @@ impl KeyStore {
                 "dataset id {id} already in the key store"
             )));
         }
-        let (nonce, wrapped_key) = wrap(&self.master, &Self::dataset_aad(id), key.expose_secret())?;
+        let digest = hex::encode(manifest_sha256);
         let rec = DatasetRecord {
+            format: RECORD_FORMAT,
             dataset_id: id.to_hex(),
             suite: suite.name().into(),
-            nonce,
-            wrapped_key,
+            nonce: String::new(),
+            wrapped_key: String::new(),
             version,
-            manifest_sha256: hex::encode(manifest_sha256),
+            manifest_sha256: digest.clone(),
             location: location.into(),
+            history: vec![Published {
+                version,
+                manifest_sha256: digest,
+            }],
         };
-        self.write_record(&rec)
+        self.write_record(rec, key)
     }
 
-    fn write_record(&self, rec: &DatasetRecord) -> Result<()> {
+    /// Wraps `key` under the master key with the record's fields as associated data,
+    /// and writes the record.
+    fn write_record(&self, mut rec: DatasetRecord, key: &DatasetKey) -> Result<()> {
         let id =
             DatasetId::from_hex(&rec.dataset_id).ok_or_else(|| Error::Bug("record id".into()))?;
-        let json = serde_json::to_vec_pretty(rec).map_err(|e| Error::Bug(e.to_string()))?;
+        rec.format = RECORD_FORMAT;
+        let (nonce, wrapped_key) = wrap(&self.master, &rec.aad(&id), key.expose_secret())?;
+        rec.nonce = nonce;
+        rec.wrapped_key = wrapped_key;
+        let json = serde_json::to_vec_pretty(&rec).map_err(|e| Error::Bug(e.to_string()))?;
         write_private(&self.record_path(&id), &json)
     }
 
@@ -428,7 +558,8 @@ impl KeyStore {
         }
     }
 
-    /// The record and unwrapped key of a dataset.
+    /// The record and unwrapped key of a dataset. A record whose fields were edited
+    /// does not unwrap, and is refused.
     pub fn dataset(&self, id: &DatasetId) -> Result<(DatasetRecord, DatasetKey)> {
         let p = self.record_path(id);
         let bytes = match fs::read(&p) {
@@ -441,7 +572,15 @@ impl KeyStore {
             }
             Err(e) => return Err(Error::io(p, e)),
         };
-        let rec: DatasetRecord = serde_json::from_slice(&bytes)
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::KeyStore(format!("{} is malformed: {e}", p.display())))?;
+        if v.get("format").and_then(|f| f.as_u64()) != Some(RECORD_FORMAT as u64) {
+            return Err(Error::KeyStore(format!(
+                "{} was written by an older blindfold, whose records did not authenticate their version and digest: seal the dataset again with this version",
+                p.display()
+            )));
+        }
+        let rec: DatasetRecord = serde_json::from_value(v)
             .map_err(|e| Error::KeyStore(format!("{} is malformed: {e}", p.display())))?;
         if rec.dataset_id != id.to_hex() {
             return Err(Error::KeyStore(format!(
@@ -449,34 +588,58 @@ impl KeyStore {
                 p.display()
             )));
         }
-        let raw = unwrap(
-            &self.master,
-            &Self::dataset_aad(id),
-            &rec.nonce,
-            &rec.wrapped_key,
-        )
-        .ok_or_else(|| {
-            Error::KeyStore(format!(
-                "the key in {} does not unwrap: damaged record",
-                p.display()
-            ))
-        })?;
+        let raw = unwrap(&self.master, &rec.aad(id), &rec.nonce, &rec.wrapped_key).ok_or_else(
+            || {
+                Error::KeyStore(format!(
+                    "{}: the key does not unwrap with the record's fields: the record was edited or damaged",
+                    p.display()
+                ))
+            },
+        )?;
         let key = DatasetKey::from_slice(&raw)
             .map_err(|_| Error::KeyStore("dataset key has the wrong length".into()))?;
         Ok((rec, key))
     }
 
-    /// Advances a dataset's recorded version and manifest digest.
+    /// Records that this key store sealed `version` with manifest `manifest_sha256`,
+    /// before that manifest is written: a crash between the two leaves a version the
+    /// owner's tools still recognise.
+    pub fn add_version(
+        &self,
+        id: &DatasetId,
+        version: u64,
+        manifest_sha256: &[u8; 32],
+    ) -> Result<()> {
+        let (mut rec, key) = self.dataset(id)?;
+        if version <= rec.version {
+            return Err(Error::Bug(format!(
+                "version {version} is not newer than the recorded {}",
+                rec.version
+            )));
+        }
+        rec.history.push(Published {
+            version,
+            manifest_sha256: hex::encode(manifest_sha256),
+        });
+        self.write_record(rec, &key)
+    }
+
+    /// Makes a version this key store sealed the latest (its manifest is in storage).
     pub fn set_version(
         &self,
         id: &DatasetId,
         version: u64,
         manifest_sha256: &[u8; 32],
     ) -> Result<()> {
-        let (mut rec, _key) = self.dataset(id)?;
+        let (mut rec, key) = self.dataset(id)?;
+        if !rec.published(version, manifest_sha256) {
+            return Err(Error::Bug(format!(
+                "version {version} was not sealed by this key store"
+            )));
+        }
         rec.version = version;
         rec.manifest_sha256 = hex::encode(manifest_sha256);
-        self.write_record(&rec)
+        self.write_record(rec, &key)
     }
 
     /// Every dataset record, sorted by id.
@@ -527,8 +690,17 @@ mod tests {
         let (rec, k2) = ks2.dataset(&id).unwrap();
         assert_eq!(k2.expose_secret(), key.expose_secret());
         assert_eq!(rec.version, 1);
+        assert!(
+            ks2.set_version(&id, 2, &[8; 32]).is_err(),
+            "not sealed here"
+        );
+        ks2.add_version(&id, 2, &[8; 32]).unwrap();
+        assert_eq!(ks2.datasets().unwrap()[0].version, 1);
         ks2.set_version(&id, 2, &[8; 32]).unwrap();
-        assert_eq!(ks2.datasets().unwrap()[0].version, 2);
+        let rec = &ks2.datasets().unwrap()[0];
+        assert_eq!(rec.version, 2);
+        assert!(rec.published(1, &[7; 32]) && rec.published(2, &[8; 32]));
+        assert!(!rec.published(2, &[7; 32]));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -546,10 +718,76 @@ mod tests {
         }
         // A wrapped key moved to another record does not unwrap.
         let other = DatasetId::generate().unwrap();
-        let mut rec = ks.dataset(&id).unwrap().0;
-        rec.dataset_id = other.to_hex();
-        ks.write_record(&rec).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&fs::read(ks.record_path(&id)).unwrap()).unwrap();
+        v["dataset_id"] = other.to_hex().into();
+        fs::write(ks.record_path(&other), serde_json::to_vec(&v).unwrap()).unwrap();
         assert!(matches!(ks.dataset(&other), Err(Error::KeyStore(_))));
+    }
+
+    /// Every field of a dataset record is authenticated under the master key: lowering
+    /// the version, changing the digest, the history or the location makes the record
+    /// refused (before, only the wrapped key was checked).
+    #[test]
+    fn edited_record_fields_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::init(dir.path(), None).unwrap();
+        let id = DatasetId::generate().unwrap();
+        let key = DatasetKey::generate().unwrap();
+        ks.add_dataset(&id, Suite::Aes256Gcm, &key, 1, &[7; 32], "sealed")
+            .unwrap();
+        ks.add_version(&id, 2, &[8; 32]).unwrap();
+        ks.set_version(&id, 2, &[8; 32]).unwrap();
+        let path = ks.record_path(&id);
+        let orig = fs::read(&path).unwrap();
+        let edits: [(&str, serde_json::Value); 5] = [
+            ("version", 1.into()),
+            ("manifest_sha256", "07".repeat(32).into()),
+            ("location", "elsewhere".into()),
+            ("suite", "chacha20-poly1305".into()),
+            (
+                "history",
+                serde_json::json!([{"version": 1, "manifest_sha256": "07".repeat(32)}]),
+            ),
+        ];
+        for (field, value) in edits {
+            let mut v: serde_json::Value = serde_json::from_slice(&orig).unwrap();
+            v[field] = value;
+            fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+            let e = ks.dataset(&id).unwrap_err();
+            assert!(
+                matches!(&e, Error::KeyStore(m) if m.contains("edited")),
+                "{field}: {e}"
+            );
+        }
+        fs::write(&path, &orig).unwrap();
+        assert_eq!(ks.dataset(&id).unwrap().0.version, 2);
+        // A record of the format before fields were authenticated is refused, not trusted.
+        let mut v: serde_json::Value = serde_json::from_slice(&orig).unwrap();
+        v.as_object_mut().unwrap().remove("format");
+        fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        assert!(
+            matches!(ks.dataset(&id), Err(Error::KeyStore(m)) if m.contains("older blindfold"))
+        );
+    }
+
+    /// The identity's public key is recomputed from its secret: an edited keystore.json
+    /// cannot redirect sealed models to another key.
+    #[test]
+    fn an_edited_identity_public_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::init(dir.path(), None).unwrap();
+        let file = dir.path().join(KEYSTORE_FILE);
+        let mut v: serde_json::Value = serde_json::from_slice(&fs::read(&file).unwrap()).unwrap();
+        assert_eq!(v["identity"]["public"], hex::encode(ks.identity_public()));
+        let (_, other) = <hpke::kem::X25519HkdfSha256 as hpke::Kem>::derive_keypair(&[9; 32]);
+        v["identity"]["public"] = hex::encode(hpke::Serializable::to_bytes(&other)).into();
+        fs::write(&file, serde_json::to_vec(&v).unwrap()).unwrap();
+        let e = KeyStore::open(dir.path(), None).unwrap_err();
+        assert!(
+            matches!(&e, Error::KeyStore(m) if m.contains("was edited")),
+            "{e}"
+        );
     }
 
     #[test]

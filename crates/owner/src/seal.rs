@@ -214,6 +214,9 @@ pub fn seal(
             return Err(e.into());
         }
     } else {
+        // Recorded as sealed by this key store first, then published, then made the
+        // latest: a crash in between leaves a version the owner's tools still accept.
+        ks.add_version(&id, version, &digest)?;
         dest.put(MANIFEST_NAME, bytes)?;
         ks.set_version(&id, version, &digest)?;
     }

@@ -221,6 +221,75 @@ fn shards_dropped_duplicated_replaced_or_rolled_back_are_detected() {
     );
 }
 
+/// Any holder of the dataset key (a training job, say) can seal a valid "newer"
+/// version. The owner's tools accept only versions their own key store sealed: such a
+/// version is refused, not adopted as the latest (before, it was, and the record
+/// advanced to it).
+#[test]
+fn a_newer_version_this_key_store_did_not_seal_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let ks = keystore(t.path());
+    let src = idx_folder(t.path());
+    let dest = t.path().join("sealed");
+    let d = dest.to_str().unwrap();
+    seal_path(&ks, &src, Format::Idx, d, &small_opts());
+    // Another holder of the key: a copy of the key store standing in for it.
+    let other_dir = t.path().join("keys-other");
+    copy_tree(&t.path().join("keys"), &other_dir);
+    let other = KeyStore::open(&other_dir, None).unwrap();
+    let imp = import(&src, Format::Idx, &ImportOptions::default()).unwrap();
+    let r = blindfold_owner::seal(
+        &other,
+        imp,
+        &Store::open(d, false).unwrap(),
+        &SealOptions {
+            update: true,
+            ..small_opts()
+        },
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(r.version, 2);
+    let e = verify(&ks, &dest).unwrap_err();
+    assert!(
+        matches!(&e, Error::RolledBack { what, .. } if what.contains("unregistered")),
+        "{e}"
+    );
+    let rec = &ks.datasets().unwrap()[0];
+    assert_eq!(rec.version, 1, "the record did not advance");
+    // The key store that sealed it accepts it.
+    verify(&other, &dest).unwrap();
+}
+
+/// Storage is untrusted, and the trainer reads the manifest before it holds a key: an
+/// object larger than any manifest is refused by its size, before it is read (before,
+/// it was read whole into memory first).
+#[test]
+fn an_oversized_manifest_object_is_refused_unread() {
+    let t = tempfile::tempdir().unwrap();
+    let ks = keystore(t.path());
+    let src = idx_folder(t.path());
+    let dest = t.path().join("sealed");
+    seal_path(
+        &ks,
+        &src,
+        Format::Idx,
+        dest.to_str().unwrap(),
+        &small_opts(),
+    );
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dest.join("manifest.bfm"))
+        .unwrap();
+    // Sparse: 4 GiB that take no room on disk.
+    f.set_len(4 << 30).unwrap();
+    drop(f);
+    let store = Store::open(dest.to_str().unwrap(), false).unwrap();
+    let e = blindfold_owner::dataset::claimed_id(&store).unwrap_err();
+    assert!(e.to_string().contains("more than a manifest may be"), "{e}");
+    assert!(matches!(verify(&ks, &dest), Err(Error::Format { .. })));
+}
+
 fn open_with_v1_digest(_ks: &KeyStore, v1: &std::path::Path) -> [u8; 32] {
     blindfold_format::manifest_digest(&fs::read(v1.join("manifest.bfm")).unwrap())
 }
