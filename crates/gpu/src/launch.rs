@@ -66,6 +66,13 @@ impl Batch {
     /// Adds a key; returns its slot.
     pub fn add_key(&mut self, key: Key) -> u32 {
         let slot = (self.keys.len() / 8) as u32;
+        if self.keys.capacity() - self.keys.len() < 8 {
+            // Grown by hand: a reallocation by `push` would free the old buffer, keys
+            // and all, unwiped. Here the old buffer is a `Zeroizing`: wiped on drop.
+            let mut grown = Zeroizing::new(Vec::with_capacity((self.keys.capacity() * 2).max(64)));
+            grown.extend_from_slice(&self.keys);
+            self.keys = grown;
+        }
         for w in key.0.chunks_exact(4) {
             self.keys.push(u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
         }
@@ -204,6 +211,12 @@ fn cube_count(n: u32) -> CubeCount {
     }
 }
 
+/// A device buffer of `words` 32-bit zeros (not `empty`: that one holds whatever the
+/// memory pool's last user left there).
+fn zeroed<R: Runtime>(client: &ComputeClient<R>, words: usize) -> Handle {
+    client.create_from_slice(&vec![0u8; words * 4])
+}
+
 fn upload<R: Runtime>(client: &ComputeClient<R>, words: &[u32]) -> Handle {
     // An empty buffer is not allowed; one zero word stands in for it.
     if words.is_empty() {
@@ -298,7 +311,9 @@ impl Uploaded {
     ) -> Result<Opened> {
         let chunks = self.places.len();
         let out = client.empty(self.words * 4);
-        let status = client.empty(chunks.max(1) * 4);
+        // Verdicts start at 0 (failed): a buffer from the pool may hold a 1 from an
+        // earlier launch, which a chunk the kernel never reached would otherwise inherit.
+        let status = zeroed(client, chunks.max(1));
         for _ in 0..iterations {
             kernel::open_chunks::launch::<R>(
                 client,
@@ -457,4 +472,37 @@ pub fn wipe<R: Runtime>(client: &ComputeClient<R>, opened: &Opened) {
         unsafe { ArrayArg::from_raw_parts(opened.handle.clone(), opened.words) },
         opened.words as u32,
     );
+}
+
+#[cfg(all(test, any(feature = "wgpu", feature = "cuda-tests")))]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "cuda-tests")]
+    type R = cubecl::cuda::CudaRuntime;
+    #[cfg(not(feature = "cuda-tests"))]
+    type R = cubecl::wgpu::WgpuRuntime;
+
+    /// The verdict buffer starts at zeros, even where the pool hands back memory an
+    /// earlier launch filled with passing verdicts (before, it was `empty`).
+    #[test]
+    fn verdicts_start_at_zero_whatever_the_pool_held() {
+        let c = R::client(&Default::default());
+        let words = 4096;
+        // The premise: a buffer freed full of 1s comes back as `empty` with them.
+        let ones = upload(&c, &vec![1u32; words]);
+        drop(ones);
+        let reused = c.empty(words * 4);
+        let stale = u32::from_bytes(&c.read_one(reused.clone()).unwrap()).to_vec();
+        assert!(
+            stale.contains(&1),
+            "the pool did not hand back the freed buffer: this test shows nothing here"
+        );
+        drop(reused);
+        let ones = upload(&c, &vec![1u32; words]);
+        drop(ones);
+        let status = zeroed(&c, words);
+        let got = u32::from_bytes(&c.read_one(status).unwrap()).to_vec();
+        assert!(got.iter().all(|&v| v == 0));
+    }
 }

@@ -69,7 +69,11 @@ pub struct JobReport {
     pub total_s: f64,
     /// Per-epoch figures.
     pub epochs: Vec<train::EpochMetrics>,
-    /// SHA-256 of the trained weights (hex).
+    /// SHA-256 of the trained weights (hex). Never serialized: training is
+    /// deterministic and its configuration public, so whoever holds a candidate dataset
+    /// could confirm it (or one differing record) from this digest. It travels inside
+    /// the sealed metrics only.
+    #[serde(skip)]
     pub weights_sha256: String,
     /// SHA-256 over the schema and records trained on (hex): equal for a sealed dataset
     /// and its plaintext. Never serialized: a digest of the records would let whoever
@@ -113,7 +117,7 @@ pub fn run(
         )));
     }
     let start = Instant::now();
-    let (trained, data_sha256, owner_public, facts, mode, key_s, load_s) = match source {
+    let (trained, data_sha256, sealer, facts, mode, key_s, load_s) = match source {
         Source::Sealed {
             dataset,
             broker,
@@ -139,7 +143,6 @@ pub fn run(
                     manifest_sha256: released.manifest_sha256,
                 }),
             )?;
-            let owner_public = ds.owner_public()?;
             let facts = json!({
                 "dataset_id": ds.manifest().dataset_id.to_hex(),
                 "version": ds.manifest().version,
@@ -153,7 +156,7 @@ pub fn run(
                 (
                     trained,
                     digest,
-                    owner_public,
+                    Sealer::Dataset(Box::new(ds)),
                     facts,
                     "sealed",
                     key_s,
@@ -167,7 +170,7 @@ pub fn run(
                 (
                     trained,
                     String::new(),
-                    owner_public,
+                    Sealer::Dataset(Box::new(ds)),
                     facts,
                     "sealed",
                     key_s,
@@ -197,7 +200,7 @@ pub fn run(
             (
                 trained,
                 digest,
-                owner_public,
+                Sealer::Baseline(owner_public),
                 facts,
                 "plaintext",
                 0.0,
@@ -206,7 +209,7 @@ pub fn run(
         }
     };
     let t = Instant::now();
-    let outputs = write_outputs(out, &owner_public, cfg, &trained, &facts)?;
+    let outputs = write_outputs(out, &sealer, cfg, &trained, &facts)?;
     let output_s = t.elapsed().as_secs_f64();
     let report = JobReport {
         mode,
@@ -228,12 +231,43 @@ pub fn run(
     Ok((report, trained))
 }
 
+/// How a job's outputs are sealed to the owner.
+enum Sealer {
+    /// Authenticated by the dataset key, naming the dataset, version and manifest.
+    Dataset(Box<SealedDataset>),
+    /// The plaintext baseline: to the owner's public key, authenticated by nothing.
+    Baseline([u8; 32]),
+}
+
+impl Sealer {
+    fn seal(
+        &self,
+        kind: &str,
+        content_type: &str,
+        info: serde_json::Value,
+        plaintext: &[u8],
+        name: &str,
+    ) -> Result<Vec<u8>> {
+        match self {
+            Sealer::Dataset(ds) => Ok(ds.seal_output(kind, content_type, info, plaintext, name)?),
+            Sealer::Baseline(owner) => seal_output(
+                owner,
+                &OutputHeader::new(kind, content_type, None, info),
+                None,
+                plaintext,
+                name,
+            )
+            .map_err(|e| Error::Bug(format!("sealing {name}: {e}"))),
+        }
+    }
+}
+
 /// Seals the weights and the metrics to the owner and writes them, then the clear
 /// configuration. Each object is written whole (temporary name, then rename), and
 /// the metrics only after the model, so a crash never leaves a half-written output.
 fn write_outputs(
     out: &Store,
-    owner_public: &[u8; 32],
+    sealer: &Sealer,
     cfg: &TrainConfig,
     trained: &Trained,
     facts: &serde_json::Value,
@@ -242,15 +276,14 @@ fn write_outputs(
         "model": trained.spec.arch.name(),
         "input": trained.spec.input,
         "classes": trained.spec.classes,
-        "data": facts,
     });
-    let model = seal_output(
-        owner_public,
-        &OutputHeader::new("model", "burnpack", info.clone()),
+    let model = sealer.seal(
+        "model",
+        "burnpack",
+        info.clone(),
         &trained.weights,
         MODEL_OBJECT,
-    )
-    .map_err(|e| Error::Bug(format!("sealing the model: {e}")))?;
+    )?;
     let metrics = zeroize::Zeroizing::new(
         serde_json::to_vec_pretty(&json!({
             "config": cfg,
@@ -262,13 +295,7 @@ fn write_outputs(
         }))
         .map_err(|e| Error::Bug(e.to_string()))?,
     );
-    let metrics = seal_output(
-        owner_public,
-        &OutputHeader::new("metrics", "json", info),
-        &metrics,
-        METRICS_OBJECT,
-    )
-    .map_err(|e| Error::Bug(format!("sealing the metrics: {e}")))?;
+    let metrics = sealer.seal("metrics", "json", info, &metrics, METRICS_OBJECT)?;
     let config = serde_json::to_vec_pretty(&json!({
         "config": cfg,
         "data": facts,

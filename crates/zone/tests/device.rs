@@ -216,3 +216,86 @@ fn stale_runtime_caches_are_removed() {
         .exists());
     std::fs::remove_dir_all(other).unwrap();
 }
+
+/// The size in bytes of the device buffer a split's chunks are opened into: each
+/// chunk's plaintext padded to 64 bytes (`blindfold_gpu::Batch::add_chunk`).
+fn device_bytes(ds: &SealedDataset, split: &str) -> usize {
+    let m = ds.manifest();
+    let (rs, rpc) = (m.schema.record_size() as u64, m.records_per_chunk as u64);
+    let pad = |n: u64| n.div_ceil(64) * 64;
+    m.split(split)
+        .unwrap()
+        .shards
+        .iter()
+        .map(|e| (e.records / rpc) * pad(rpc * rs) + pad((e.records % rpc) * rs))
+        .sum::<u64>() as usize
+}
+
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Reads back `n` buffers of `bytes` fresh from CubeCL's pool, all held at once: every
+/// free slice of that size is among them.
+fn pool_contents(c: &cubecl::prelude::ComputeClient<WgpuRuntime>, bytes: usize, n: usize) -> Vec<Vec<u8>> {
+    let handles: Vec<_> = (0..n).map(|_| c.empty(bytes)).collect();
+    handles
+        .iter()
+        .map(|h| c.read_one(h.clone()).unwrap().to_vec())
+        .collect()
+}
+
+/// A split opened on the device is overwritten with zeros before its memory goes back
+/// to CubeCL's pool, also when loading stops with an error after it (here: a tampered
+/// chunk in the test split, opened after the training split). Before, the training
+/// split's plaintext went back to the pool as it was, for the next buffer of its size.
+#[test]
+fn device_plaintext_is_wiped_when_loading_fails_halfway() {
+    let s = Sealed::new(Suite::ChaCha20Poly1305);
+    let ds = s.open();
+    let bytes = device_bytes(&ds, "train");
+    let canary = common::canary();
+    let device = WgpuDevice::default();
+    let c = <WgpuRuntime as cubecl::prelude::Runtime>::client(&device);
+    // The premise: memory freed with the canary in it is handed back, unwiped, by the
+    // pool. Then every such buffer is wiped, so that only the job can put it back.
+    let mut probe = vec![0u8; bytes];
+    probe[64..64 + canary.len()].copy_from_slice(&canary);
+    drop(c.create_from_slice(&probe));
+    let handles: Vec<_> = (0..8).map(|_| c.empty(bytes)).collect();
+    let seen = handles
+        .iter()
+        .any(|h| holds(&c.read_one(h.clone()).unwrap(), &canary));
+    assert!(seen, "the pool did not hand the freed buffer back: this test shows nothing here");
+    for h in &handles {
+        blindfold_gpu::wipe(
+            &c,
+            &blindfold_gpu::Opened {
+                handle: h.clone(),
+                words: bytes / 4,
+                places: vec![],
+            },
+        );
+    }
+    blindfold_gpu::sync(&c).unwrap();
+    drop(handles);
+
+    // Tamper the test split: the training split is opened first, then loading fails.
+    let path = std::fs::read_dir(s.dir.path().join("sealed/shards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("test-00000-"))
+        .expect("the first test shard");
+    let mut b = std::fs::read(&path).unwrap();
+    let at = b.len() - 100;
+    b[at] ^= 0x20;
+    std::fs::write(&path, b).unwrap();
+    let ds = s.open();
+    let e = DeviceData::<WgpuRuntime>::from_sealed(&ds, &Splits::default(), &device)
+        .err()
+        .expect("a tampered test chunk stops loading");
+    assert!(e.to_string().contains("test"), "{e}");
+    for buf in pool_contents(&c, bytes, 8) {
+        assert!(!holds(&buf, &canary), "training plaintext left in the device pool");
+    }
+}

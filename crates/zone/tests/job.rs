@@ -77,10 +77,13 @@ impl World {
         self.path("sealed").to_str().unwrap().to_owned()
     }
 
+    /// The sealed dataset as the owner opens it.
+    fn owner_view(&self) -> SealedDataset {
+        SealedDataset::open(&self.ks, Store::open(&self.sealed(), false).unwrap()).unwrap()
+    }
+
     fn register(&self, policy: &str) {
-        let ds =
-            SealedDataset::open(&self.ks, Store::open(&self.sealed(), false).unwrap()).unwrap();
-        let (id, key, digest, version) = ds.broker_registration();
+        let (id, key, digest, version) = self.owner_view().broker_registration();
         let body = serde_json::json!({
             "dataset_id": id,
             "key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key[..]),
@@ -110,6 +113,7 @@ impl World {
             broker: self.broker_url.clone(),
             ca_cert_pem: None,
             job: Some(job.into()),
+            insecure_http: true,
         }
     }
 
@@ -236,9 +240,16 @@ fn outputs_open_only_with_the_owner_key_and_load_in_burn() {
     let r = w.run_sealed("train", "model", &c).unwrap();
     let out = Store::open(w.path("model").to_str().unwrap(), false).unwrap();
     let sealed = out.get(MODEL_OBJECT).unwrap();
-    let (header, weights) = w.ks.open_output(&sealed, "model").unwrap();
+    let (header, weights) = w.ks.open_output(&sealed, "model", false).unwrap();
     assert_eq!(header.kind, "model");
     assert_eq!(header.info["model"], "lenet5");
+    // The output names the dataset, version and manifest it was trained on.
+    let src = header.source.clone().unwrap();
+    let (id, _, digest, version) = w.owner_view().broker_registration();
+    assert_eq!(
+        (src.dataset_id, src.version, src.manifest_sha256),
+        (id, version, hex::encode(digest))
+    );
     let spec = ModelSpec {
         arch: Arch::Lenet5,
         input: [1, 28, 28],
@@ -252,7 +263,7 @@ fn outputs_open_only_with_the_owner_key_and_load_in_burn() {
         r.weights_sha256
     );
     let (_, metrics) =
-        w.ks.open_output(&out.get(METRICS_OBJECT).unwrap(), "metrics")
+        w.ks.open_output(&out.get(METRICS_OBJECT).unwrap(), "metrics", false)
             .unwrap();
     let m: serde_json::Value = serde_json::from_slice(&metrics).unwrap();
     assert_eq!(m["weights_sha256"], r.weights_sha256);
@@ -261,7 +272,7 @@ fn outputs_open_only_with_the_owner_key_and_load_in_burn() {
     assert_eq!(conf["config"]["seed"], 7);
     // Another owner's key store cannot open it.
     let other = KeyStore::init(&w.path("other-keys"), None).unwrap();
-    assert!(other.open_output(&sealed, "model").is_err());
+    assert!(other.open_output(&sealed, "model", false).is_err());
     // A second job refuses to overwrite a trained model.
     let again = w.run_sealed("train", "model", &c).unwrap_err();
     assert!(matches!(again, Error::BadInput(_)), "{again}");

@@ -26,10 +26,25 @@ use super::DeviceSource;
 /// The backend device training runs on: CubeCL's runtime `R`, f32 floats, i32 ints.
 pub type DeviceBackend<R> = CubeBackend<R, f32, i32, u32>;
 
-struct Split {
+/// Plaintext in device memory that is overwritten with zeros before it goes back to
+/// CubeCL's memory pool, however it is dropped: at the end of a job, or on an error
+/// halfway through loading (a later split failing, say).
+struct DevicePlain<R: CubeRuntime> {
+    client: ComputeClient<R>,
     opened: Opened,
+}
+
+impl<R: CubeRuntime> Drop for DevicePlain<R> {
+    fn drop(&mut self) {
+        blindfold_gpu::wipe(&self.client, &self.opened);
+        let _ = blindfold_gpu::sync(&self.client);
+    }
+}
+
+struct Split<R: CubeRuntime> {
+    plain: DevicePlain<R>,
     records: Records,
-    /// Byte offset of each record in `opened` (public: it follows from the layout).
+    /// Byte offset of each record in the plaintext (public: it follows from the layout).
     offsets: Vec<u32>,
     record_size: usize,
 }
@@ -40,8 +55,8 @@ pub struct DeviceData<R: CubeRuntime> {
     device: R::Device,
     input: [usize; 3],
     classes: usize,
-    train: Split,
-    test: Option<Split>,
+    train: Split<R>,
+    test: Option<Split<R>>,
 }
 
 fn check_schema(schema: &Schema) -> Result<usize> {
@@ -59,7 +74,10 @@ pub(super) fn gpu_error(e: blindfold_gpu::Error) -> Error {
     match e {
         blindfold_gpu::Error::BadInput(m) => Error::BadInput(m),
         blindfold_gpu::Error::Unavailable(m) => Error::BadInput(m),
-        other => Error::Bug(other.to_string()),
+        blindfold_gpu::Error::Device(m) => Error::Device(m),
+        // Tags are checked where chunks are opened, which names the shard and chunk;
+        // anywhere else a failed tag is a mistake of ours.
+        e @ blindfold_gpu::Error::Tampered { .. } => Error::Bug(e.to_string()),
     }
 }
 
@@ -163,7 +181,7 @@ fn upload_sealed<R: CubeRuntime>(
     ds: &SealedDataset,
     name: &str,
     elements: usize,
-) -> Result<Option<Split>> {
+) -> Result<Option<Split<R>>> {
     let Some(Packed {
         chunks,
         offsets,
@@ -178,9 +196,13 @@ fn upload_sealed<R: CubeRuntime>(
         Err(blindfold_gpu::Error::Tampered { chunk }) => return Err(tampered(&origins, chunk)),
         Err(e) => return Err(gpu_error(e)),
     };
+    let plain = DevicePlain {
+        client: client.clone(),
+        opened,
+    };
     let records = Records::new(client, &offsets, elements, &scale()).map_err(gpu_error)?;
     Ok(Some(Split {
-        opened,
+        plain,
         records,
         offsets,
         record_size: rs,
@@ -192,9 +214,12 @@ fn upload_plain<R: CubeRuntime>(
     bytes: &[u8],
     count: usize,
     elements: usize,
-) -> Result<Split> {
+) -> Result<Split<R>> {
     let rs = elements + 1;
-    let opened = blindfold_gpu::upload_plaintext(client, bytes).map_err(gpu_error)?;
+    let plain = DevicePlain {
+        client: client.clone(),
+        opened: blindfold_gpu::upload_plaintext(client, bytes).map_err(gpu_error)?,
+    };
     let offsets = (0..count)
         .map(|r| u32::try_from(r * rs))
         .collect::<std::result::Result<Vec<u32>, _>>()
@@ -203,7 +228,7 @@ fn upload_plain<R: CubeRuntime>(
         })?;
     let records = Records::new(client, &offsets, elements, &scale()).map_err(gpu_error)?;
     Ok(Split {
-        opened,
+        plain,
         records,
         offsets,
         record_size: rs,
@@ -240,8 +265,8 @@ impl<R: CubeRuntime> DeviceData<R> {
         client: ComputeClient<R>,
         device: &R::Device,
         input: [usize; 3],
-        train: Split,
-        test: Option<Split>,
+        train: Split<R>,
+        test: Option<Split<R>>,
     ) -> Result<Self> {
         if train.records.count() == 0 {
             return Err(Error::BadInput("the training split is empty".into()));
@@ -267,7 +292,7 @@ impl<R: CubeRuntime> DeviceData<R> {
         Ok(d)
     }
 
-    fn split(&self, test: bool) -> Result<&Split> {
+    fn split(&self, test: bool) -> Result<&Split<R>> {
         if test {
             self.test
                 .as_ref()
@@ -301,6 +326,7 @@ impl<R: CubeRuntime> DeviceData<R> {
     pub fn danger_records_to_host(&self, test: bool) -> Result<zeroize::Zeroizing<Vec<u8>>> {
         let split = self.split(test)?;
         let all = split
+            .plain
             .opened
             .danger_read_to_host(&self.client)
             .map_err(gpu_error)?;
@@ -318,17 +344,6 @@ impl<R: CubeRuntime> DeviceData<R> {
     /// Trains on the device.
     pub fn train(&self, cfg: &TrainConfig, progress: &dyn TrainProgress) -> Result<Trained> {
         train::train_feed::<Autodiff<DeviceBackend<R>>>(self, cfg, &self.device, progress)
-    }
-}
-
-impl<R: CubeRuntime> Drop for DeviceData<R> {
-    /// Overwrites the plaintext in device memory with zeros before the buffers return
-    /// to CubeCL's memory pool.
-    fn drop(&mut self) {
-        for s in std::iter::once(&self.train).chain(self.test.as_ref()) {
-            blindfold_gpu::wipe(&self.client, &s.opened);
-        }
-        let _ = blindfold_gpu::sync(&self.client);
     }
 }
 
@@ -365,7 +380,7 @@ impl<R: CubeRuntime> Feed<DeviceBackend<R>> for DeviceData<R> {
         for idx in order.chunks(batch_size.max(1)) {
             let n = idx.len();
             let (fx, fy) =
-                blindfold_gpu::gather_u8(&self.client, &split.opened, &split.records, idx)
+                blindfold_gpu::gather_u8(&self.client, &split.plain.opened, &split.records, idx)
                     .map_err(gpu_error)?;
             let x = CubeTensor::new_contiguous(
                 self.client.clone(),
@@ -427,12 +442,17 @@ pub(crate) fn throughput<R: CubeRuntime>(
     let n_chunks = chunks.len();
     let up = blindfold_gpu::upload_batch(&client, chunks);
     // First run: compiles the kernel, and its output is checked against the CPU.
-    let opened = up.open(&client).map_err(|e| match e {
-        blindfold_gpu::Error::Tampered { chunk } => tampered(&origins, chunk),
-        e => gpu_error(e),
-    })?;
-    let all = opened.danger_read_to_host(&client).map_err(gpu_error)?;
-    blindfold_gpu::wipe(&client, &opened);
+    let opened = DevicePlain {
+        client: client.clone(),
+        opened: up.open(&client).map_err(|e| match e {
+            blindfold_gpu::Error::Tampered { chunk } => tampered(&origins, chunk),
+            e => gpu_error(e),
+        })?,
+    };
+    let all = opened
+        .opened
+        .danger_read_to_host(&client)
+        .map_err(gpu_error)?;
     drop(opened);
     let rs = elements + 1;
     let mut device_records = zeroize::Zeroizing::new(Vec::with_capacity(offsets.len() * rs));
