@@ -75,8 +75,8 @@ fn load(
         .map_err(bug)?;
     let opts = Arc::new(FetchOptions {
         broker: url.into(),
-        ca_cert_pem: None,
-        job: None,
+        insecure_http: true,
+        ..FetchOptions::default()
     });
     let client = blindfold_attest::client(&opts).map_err(bug)?;
     let start = Instant::now();
@@ -160,7 +160,10 @@ fn audit_counts(dir: &std::path::Path) -> Result<(u64, u64, bool), Error> {
         .iter()
         .filter(|e| e.event == "release" && e.outcome == "granted")
         .count() as u64;
-    let ok = blindfold_broker::audit::verify(&c).map_err(bug)?.is_ok();
+    let key = blindfold_broker::audit_key(dir).map_err(bug)?;
+    let ok = blindfold_broker::audit::verify(&c, &key)
+        .map_err(bug)?
+        .is_ok();
     Ok((entries.len() as u64, granted, ok))
 }
 
@@ -177,7 +180,7 @@ pub fn run(clients: usize, seconds: f64, log: &mut dyn FnMut(&str)) -> Result<Va
     let id = "b1".repeat(16);
     // Phase 1: steady load.
     let d1 = tempfile::tempdir().map_err(bug)?;
-    blindfold_broker::init(d1.path(), &[]).map_err(Error::BadInput)?;
+    blindfold_broker::init(d1.path(), &[]).map_err(bug)?;
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
     let server = start(d1.path(), port)?;
@@ -198,7 +201,7 @@ pub fn run(clients: usize, seconds: f64, log: &mut dyn FnMut(&str)) -> Result<Va
     ));
     // Phase 2: SIGKILL half-way, restart, check.
     let d2 = tempfile::tempdir().map_err(bug)?;
-    blindfold_broker::init(d2.path(), &[]).map_err(Error::BadInput)?;
+    blindfold_broker::init(d2.path(), &[]).map_err(bug)?;
     let port2 = free_port()?;
     let url2 = format!("http://127.0.0.1:{port2}");
     let mut s2 = start(d2.path(), port2)?;

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::bench_train::{alternate, summary, Setup};
 use crate::progress::Bars;
-use crate::train::{zone, DeviceArg, ModelArg};
+use crate::train::{DeviceArg, ModelArg};
 use crate::Failure;
 
 #[derive(Args)]
@@ -69,7 +69,7 @@ pub fn run(a: &BenchGpuArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
         device: kind,
         ..TrainConfig::default()
     };
-    cfg.check().map_err(zone)?;
+    cfg.check()?;
     // The device kernel decrypts ChaCha20-Poly1305.
     let setup = Setup::new(&a.data, &a.dir, Suite::ChaCha20Poly1305, bars)?;
     eprintln!(
@@ -77,7 +77,7 @@ pub fn run(a: &BenchGpuArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
         kind.name(),
         a.iterations
     );
-    let t = device::throughput(kind, &setup.ds, "train", a.iterations).map_err(zone)?;
+    let t = device::throughput(kind, &setup.ds, "train", a.iterations)?;
     let gb = (t.bytes * t.iterations as u64) as f64 / 1e9;
     let decrypt_gbps = gb / t.decrypt_s.max(1e-12);
     let copy_gbps = gb / t.copy_s.max(1e-12);

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::local_broker::LocalBroker;
 use crate::progress::Bars;
-use crate::train::{epoch_line, zone, EpochBars, ModelArg};
+use crate::train::{epoch_line, EpochBars, ModelArg};
 use crate::Failure;
 
 #[derive(Args)]
@@ -151,24 +151,37 @@ impl Setup {
             job::run(source, &splits, cfg, &out, &NoProgress, &Quiet)
         } else {
             job::run(source, &splits, cfg, &out, bars, &EpochBars::new(false))
-        }
-        .map_err(zone)?;
+        }?;
         if quiet {
             for e in &r.epochs {
                 eprintln!("  {}", epoch_line(e));
             }
         }
         eprintln!(
-            "  job {:.2} s: key {:.3} s, load {:.3} s, train {:.2} s, seal+write {:.3} s; weights {}",
+            "  job {:.2} s: key {:.3} s, load {:.3} s, train {:.2} s, seal+write {:.3} s; weights fingerprint {}",
             r.total_s,
             r.key_s,
             r.load_s,
             r.train_s,
             r.output_s,
-            &r.weights_sha256[..16]
+            fingerprint(&r.weights_sha256)
         );
         Ok(r)
     }
+}
+
+/// A fingerprint of weights that tells equal weights apart from different ones within
+/// this run only: HMAC-SHA-256 of their digest under a key made for this process. A
+/// plain digest would let anyone with a candidate dataset confirm it (training is
+/// deterministic and its configuration public).
+pub fn fingerprint(weights_sha256: &str) -> String {
+    use aws_lc_rs::hmac;
+    static KEY: std::sync::OnceLock<hmac::Key> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        hmac::Key::generate(hmac::HMAC_SHA256, &aws_lc_rs::rand::SystemRandom::new())
+            .expect("the random generator works")
+    });
+    hex::encode(&hmac::sign(key, weights_sha256.as_bytes()).as_ref()[..8])
 }
 
 fn utf8(p: &Path) -> Result<String, Error> {
@@ -243,7 +256,7 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
         seed: a.seed,
         ..TrainConfig::default()
     };
-    cfg.check().map_err(zone)?;
+    cfg.check()?;
     let setup = Setup::new(&a.data, &a.dir, Suite::Aes256Gcm, bars)?;
     let (sealed_runs, plain_runs) = alternate(&setup, &a.data, 0, a.rounds, &cfg, bars, quiet)?;
     let (sealed_s, plaintext_s, identical) = summary(&sealed_runs, &plain_runs);

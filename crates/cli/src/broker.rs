@@ -7,9 +7,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use blindfold_attest::{EvidenceSource, FetchOptions};
 use blindfold_broker::{BrokerDir, Registration, Settings};
-use blindfold_owner::Error;
+use blindfold_protocol::errors::{ErrorBody, ErrorCode};
 use clap::{Args, Subcommand};
 use serde_json::Value;
+
+use crate::fault::{self, Failure, Fault};
 
 #[derive(Subcommand)]
 pub enum BrokerCmd {
@@ -98,7 +100,11 @@ pub enum BrokerCmd {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
-    /// Print the audit log (on the broker's host); with --verify, check its hash chain.
+    /// Print the audit log (on the broker's host); with --verify, check its chain.
+    ///
+    /// Each entry's MAC is keyed with a key derived from DIR/master.key, so the check
+    /// needs the broker's folder: someone who can write the database but not read that
+    /// key cannot rewrite an entry and recompute the chain.
     Audit {
         /// The broker's folder.
         #[arg(long, value_name = "DIR")]
@@ -106,7 +112,8 @@ pub enum BrokerCmd {
         /// SQLite database (default DIR/broker.db).
         #[arg(long, value_name = "FILE")]
         db: Option<PathBuf>,
-        /// Check the chain; exit 4 if any entry was edited, inserted or deleted.
+        /// Check the chain; exit 4 if any entry was edited, inserted or deleted, or the
+        /// chain recomputed without the broker's key.
         #[arg(long)]
         verify: bool,
     },
@@ -129,6 +136,10 @@ pub struct AdminArgs {
     /// The broker's TLS certificate (default BROKER_DIR/tls-cert.pem).
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// Accept an http:// broker URL (a test broker on loopback): the admin token and
+    /// the dataset key cross the network in the clear.
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 #[derive(Args)]
@@ -147,6 +158,10 @@ pub struct FetchArgs {
     /// The broker's TLS certificate to trust.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// Accept an http:// broker URL (a test broker on loopback): nothing authenticates
+    /// the broker, and its replies cross the network in the clear.
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 /// Where a training job's evidence comes from (`train`, `broker fetch-key`).
@@ -167,8 +182,8 @@ pub struct EvidenceArgs {
 
 impl EvidenceArgs {
     /// The evidence source these arguments name.
-    pub fn source(&self) -> Result<EvidenceSource, Error> {
-        let bad = |e: blindfold_attest::Error| Error::BadInput(e.to_string());
+    pub fn source(&self) -> Result<EvidenceSource, Failure> {
+        let bad = |e: blindfold_attest::Error| Failure::bad_input(e.to_string());
         let src = match self.tee.as_str() {
             "sample" => EvidenceSource::InsecureSample {
                 measurement: self.measurement.clone(),
@@ -183,21 +198,21 @@ impl EvidenceArgs {
     }
 }
 
-fn read(p: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(p).map_err(|e| Error::BadInput(format!("{}: {e}", p.display())))
+fn read(p: &Path) -> Result<Vec<u8>, Failure> {
+    std::fs::read(p).map_err(|e| Failure::bad_input(format!("{}: {e}", p.display())))
 }
 
-fn admin_parts(a: &AdminArgs) -> Result<(String, Option<Vec<u8>>), Error> {
+fn admin_parts(a: &AdminArgs) -> Result<(String, Option<Vec<u8>>), Failure> {
     let tok_file = a.admin_token_file.clone().or_else(|| {
         a.broker_dir
             .as_ref()
             .map(|d| BrokerDir(d.clone()).admin_token())
     });
     let tok_file = tok_file.ok_or_else(|| {
-        Error::BadInput("the admin API needs --broker-dir or --admin-token-file".into())
+        Failure::bad_input("the admin API needs --broker-dir or --admin-token-file")
     })?;
     let token = String::from_utf8(read(&tok_file)?)
-        .map_err(|_| Error::BadInput("admin token is not text".into()))?
+        .map_err(|_| Failure::bad_input("admin token is not text"))?
         .trim()
         .to_owned();
     let ca = match a
@@ -211,18 +226,22 @@ fn admin_parts(a: &AdminArgs) -> Result<(String, Option<Vec<u8>>), Error> {
     Ok((token, ca))
 }
 
-fn admin_call(a: &AdminArgs, path: &str, body: &Value) -> Result<Value, Error> {
+/// A call of the broker's admin API. Network failures are I/O faults; an error reply
+/// is sorted by its code (a conflict or a wrong token is the broker refusing).
+fn admin_call(a: &AdminArgs, path: &str, body: &Value) -> Result<Value, Failure> {
     let (token, ca) = admin_parts(a)?;
     let opts = FetchOptions {
         broker: a.broker.clone(),
         ca_cert_pem: ca,
-        job: None,
+        insecure_http: a.insecure_http,
+        ..FetchOptions::default()
     };
-    let client = blindfold_attest::client(&opts).map_err(|e| Error::BadInput(e.to_string()))?;
+    opts.check()?;
+    let client = blindfold_attest::client(&opts)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Bug(e.to_string()))?;
+        .map_err(Failure::bug)?;
     let url = format!("{}{path}", a.broker.trim_end_matches('/'));
     rt.block_on(async {
         let r = client
@@ -231,16 +250,30 @@ fn admin_call(a: &AdminArgs, path: &str, body: &Value) -> Result<Value, Error> {
             .json(body)
             .send()
             .await
-            .map_err(|e| Error::BadInput(format!("{url}: {e}")))?;
+            .map_err(|e| Failure::new(Fault::Io, format!("{url}: {e}")))?;
         let status = r.status();
-        let v: Value = r.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            return Err(Error::BadInput(format!(
-                "{url}: HTTP {status}: {}",
-                v["detail"].as_str().unwrap_or("")
-            )));
+        let text = r
+            .text()
+            .await
+            .map_err(|e| Failure::new(Fault::Io, format!("{url}: {e}")))?;
+        if status.is_success() {
+            return serde_json::from_str(&text)
+                .map_err(|e| Failure::new(Fault::Io, format!("{url}: reply: {e}")));
         }
-        Ok(v)
+        let body = serde_json::from_str::<ErrorBody>(&text).ok();
+        let code = body.as_ref().and_then(ErrorCode::from_body);
+        let detail = body.map(|b| b.detail).unwrap_or_default();
+        Err(match code {
+            Some(c) => Failure::new(
+                fault::of_code(c),
+                format!(
+                    "{url}: the broker answered {} {}: {detail}",
+                    status.as_u16(),
+                    c.name()
+                ),
+            ),
+            None => Failure::new(Fault::Io, format!("{url}: HTTP {status}")),
+        })
     })
 }
 
@@ -249,7 +282,7 @@ fn admin_call(a: &AdminArgs, path: &str, body: &Value) -> Result<Value, Error> {
 fn release_object(
     ks: &blindfold_owner::KeyStore,
     dest: &str,
-) -> Result<blindfold_protocol::Release, Error> {
+) -> Result<blindfold_protocol::Release, Failure> {
     let ds = blindfold_owner::SealedDataset::open(ks, blindfold_store::Store::open(dest, false)?)?;
     let (dataset_id, key, digest, version) = ds.broker_registration();
     Ok(blindfold_protocol::Release {
@@ -260,21 +293,21 @@ fn release_object(
     })
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| Error::Bug(e.to_string()))
+        .map_err(Failure::bug)
 }
 
 pub fn run(
     cmd: BrokerCmd,
-    keystore: impl FnOnce() -> Result<blindfold_owner::KeyStore, Error>,
-) -> Result<(), Error> {
+    keystore: impl FnOnce() -> Result<blindfold_owner::KeyStore, Failure>,
+) -> Result<(), Failure> {
     match cmd {
         BrokerCmd::Init { dir, sans } => {
-            let token = blindfold_broker::init(&dir, &sans).map_err(Error::BadInput)?;
+            let token = blindfold_broker::init(&dir, &sans)?;
             println!("created broker folder {}", dir.display());
             println!(
                 "admin token (also in {}): {token}",
@@ -296,14 +329,13 @@ pub fn run(
                 rate_limit,
                 ..Settings::default()
             };
-            let state =
-                blindfold_broker::load(&dir, db.as_deref(), settings).map_err(Error::BadInput)?;
+            let state = blindfold_broker::load(&dir, db.as_deref(), settings)?;
             let l = std::net::TcpListener::bind(&listen)
-                .map_err(|e| Error::BadInput(format!("listen on {listen}: {e}")))?;
+                .map_err(|e| Failure::bad_input(format!("listen on {listen}: {e}")))?;
             if insecure_http {
                 eprintln!("WARNING: --insecure-http: the admin token and all traffic cross the network in the clear");
             }
-            let sample = state.datasets_accepting_sample().map_err(Error::BadInput)?;
+            let sample = state.datasets_accepting_sample()?;
             if !sample.is_empty() {
                 eprintln!(
                     "WARNING: {} registered dataset(s) accept the `sample` TEE, which has no hardware root of trust (every such release is marked in the audit log): {}",
@@ -314,16 +346,14 @@ pub fn run(
             eprintln!(
                 "broker listening on {}://{}",
                 if insecure_http { "http" } else { "https" },
-                l.local_addr().map_err(|e| Error::Bug(e.to_string()))?
+                l.local_addr().map_err(Failure::bug)?
             );
             let d = BrokerDir(dir);
-            runtime()?
-                .block_on(blindfold_broker::serve(
-                    state,
-                    l,
-                    (!insecure_http).then_some(&d),
-                ))
-                .map_err(Error::BadInput)?;
+            runtime()?.block_on(blindfold_broker::serve(
+                state,
+                l,
+                (!insecure_http).then_some(&d),
+            ))?;
         }
         BrokerCmd::Register {
             dest,
@@ -331,8 +361,8 @@ pub fn run(
             admin,
         } => {
             let text = String::from_utf8(read(&policy)?)
-                .map_err(|_| Error::BadInput("policy is not UTF-8".into()))?;
-            let p = blindfold_broker::policy::Policy::parse(&text).map_err(Error::BadInput)?;
+                .map_err(|_| Failure::bad_input("policy is not UTF-8"))?;
+            let p = blindfold_broker::policy::Policy::parse(&text)?;
             let rel = release_object(&keystore()?, &dest)?;
             let (id, version) = (rel.dataset_id.clone(), rel.version);
             let reg = Registration {
@@ -342,10 +372,10 @@ pub fn run(
                 version,
                 policy: text,
             };
-            let body = serde_json::to_value(&reg).map_err(|e| Error::Bug(e.to_string()))?;
+            let body = serde_json::to_value(&reg).map_err(Failure::bug)?;
             admin_call(&admin, "/admin/v0/datasets", &body)?;
-            if p.allows_sample() {
-                eprintln!("note: this policy accepts the `sample` TEE, which proves nothing about the job; every such release is marked in the audit log");
+            for w in p.warnings() {
+                eprintln!("warning: {w}");
             }
             println!(
                 "registered dataset {id} version {version} with {}",
@@ -356,18 +386,16 @@ pub fn run(
             use std::io::{IsTerminal, Write};
             let mut out = std::io::stdout().lock();
             if out.is_terminal() {
-                return Err(Error::BadInput(
-                    "refusing to print a dataset key to a terminal: pipe it into the KBS admin client (see --help)".into(),
+                return Err(Failure::bad_input(
+                    "refusing to print a dataset key to a terminal: pipe it into the KBS admin client (see --help)",
                 ));
             }
             let release = release_object(&keystore()?, &dest)?;
             let (id, version) = (release.dataset_id.clone(), release.version);
-            let bytes = zeroize::Zeroizing::new(
-                serde_json::to_vec(&release).map_err(|e| Error::Bug(e.to_string()))?,
-            );
+            let bytes = release.to_json().map_err(Failure::bug)?;
             out.write_all(&bytes)
                 .and_then(|()| out.flush())
-                .map_err(|e| Error::BadInput(format!("standard output: {e}")))?;
+                .map_err(|e| Failure::new(Fault::Io, format!("standard output: {e}")))?;
             let path = blindfold_protocol::resource_path(&id);
             eprintln!(
                 "release object for dataset {id} version {version}; KBS resource path: {}",
@@ -385,7 +413,7 @@ pub fn run(
         BrokerCmd::TdxCollateral { dir, files } => {
             let d = BrokerDir(dir);
             if !d.cert().exists() {
-                return Err(Error::BadInput(format!(
+                return Err(Failure::bad_input(format!(
                     "{} is not a broker folder (create one with `blindfold broker init`)",
                     d.0.display()
                 )));
@@ -395,7 +423,10 @@ pub fn run(
                     &d.tdx_collateral(),
                     &read(&f)?,
                 )
-                .map_err(|e| Error::BadInput(format!("{}: {e}", f.display())))?;
+                .map_err(|e| {
+                    let e = Failure::from(e);
+                    Failure::new(e.fault, format!("{}: {e}", f.display()))
+                })?;
                 println!(
                     "stored TDX collateral for FMSPC {} ({} CA) as {}; TCB info valid until {}",
                     stored.fmspc,
@@ -406,9 +437,9 @@ pub fn run(
             }
         }
         BrokerCmd::Audit { dir, db, verify } => {
-            let path = db.unwrap_or_else(|| BrokerDir(dir).db());
+            let path = db.unwrap_or_else(|| BrokerDir(dir.clone()).db());
             if !path.exists() {
-                return Err(Error::BadInput(format!(
+                return Err(Failure::bad_input(format!(
                     "{}: no broker database",
                     path.display()
                 )));
@@ -417,23 +448,20 @@ pub fn run(
                 &path,
                 rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
             )
-            .map_err(|e| Error::BadInput(e.to_string()))?;
-            let entries =
-                blindfold_broker::audit::entries(&c).map_err(|e| Error::BadInput(e.to_string()))?;
+            .map_err(|e| Failure::new(Fault::Io, format!("{}: {e}", path.display())))?;
+            let db_err =
+                |e: blindfold_broker::db::DbError| Failure::from(blindfold_broker::Error::from(e));
+            let entries = blindfold_broker::audit::entries(&c).map_err(db_err)?;
             for e in &entries {
-                println!(
-                    "{}",
-                    serde_json::to_string(e).map_err(|e| Error::Bug(e.to_string()))?
-                );
+                println!("{}", serde_json::to_string(e).map_err(Failure::bug)?);
             }
             if verify {
-                match blindfold_broker::audit::verify(&c).map_err(|e| Error::BadInput(e.to_string()))? {
+                let key = blindfold_broker::audit_key(&dir)?;
+                match blindfold_broker::audit::verify(&c, &key).map_err(db_err)? {
                     Ok(h) => eprintln!("audit chain intact: {} entries, head {} (keep this head elsewhere to detect a deleted tail)", h.seq, hex::encode(h.hash)),
                     Err((seq, why)) => {
-                        return Err(Error::Integrity {
-                            at: path.display().to_string(),
-                            source: blindfold_format::Error::Tampered { object: blindfold_format::Object::Unnamed, what: format!("audit entry {seq}: {why}") },
-                        })
+                        let e = Failure::from(blindfold_broker::Error::AuditBroken { seq, why });
+                        return Err(Failure::new(e.fault, format!("{}: {e}", path.display())));
                     }
                 }
             }
@@ -445,9 +473,9 @@ pub fn run(
                 broker: a.broker.clone(),
                 ca_cert_pem: ca,
                 job: a.job.clone(),
+                insecure_http: a.insecure_http,
             };
-            let r = blindfold_attest::fetch_key(&opts, &a.dataset, &ev)
-                .map_err(|e| Error::BadInput(e.to_string()))?;
+            let r = blindfold_attest::fetch_key(&opts, &a.dataset, &ev)?;
             println!("released: dataset {} version {} manifest sha256 {} (key: 32 bytes, held in memory only)", r.dataset_id, r.version, hex::encode(r.manifest_sha256));
         }
     }

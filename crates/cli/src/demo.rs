@@ -17,7 +17,8 @@ use blindfold_zone::train::TrainConfig;
 
 use crate::local_broker::LocalBroker;
 use crate::progress::Bars;
-use crate::train::{evaluate, open_model, zone_error, EpochBars};
+use crate::train::{evaluate, open_model, EpochBars};
+use crate::Failure;
 
 /// What the demo trains.
 pub struct DemoTraining {
@@ -128,7 +129,12 @@ fn prepare_workdir(w: &Path) -> Result<(), Error> {
 }
 
 /// Runs the demo.
-pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) -> Result<(), Error> {
+pub fn run(
+    workdir: &Path,
+    data: &Path,
+    training: &DemoTraining,
+    bars: &Bars,
+) -> Result<(), Failure> {
     ensure_data(data)?;
     prepare_workdir(workdir)?;
     let home = workdir.join("owner-keys");
@@ -186,9 +192,7 @@ pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) ->
     let denied = match wrong_job {
         Err(blindfold_attest::Error::Denied { detail, .. }) => detail,
         other => {
-            return Err(Error::Bug(format!(
-                "a job the policy does not name got {other:?}"
-            )))
+            return Err(Error::Bug(format!("a job the policy does not name got {other:?}")).into())
         }
     };
     eprintln!("   a job named \"other\" is refused: {denied}");
@@ -216,8 +220,7 @@ pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) ->
         &Store::open(model_s, true)?,
         bars,
         &EpochBars::new(training.quiet),
-    )
-    .map_err(zone_error)?;
+    )?;
 
     eprintln!("7. baseline: the same job on the plaintext files (same batches, same seed)");
     let plain_dest = workdir.join("model-plaintext");
@@ -235,23 +238,18 @@ pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) ->
         &Store::open(utf8(&plain_dest)?, true)?,
         bars,
         &EpochBars::new(training.quiet),
-    )
-    .map_err(zone_error)?;
+    )?;
 
     eprintln!("8. owner: open the sealed model and evaluate it on the test set");
     let weights = workdir.join("model.safetensors");
-    let (spec, burnpack, _) = open_model(&ks, model_s)?;
-    let net = spec
-        .from_burnpack::<blindfold_zone::model::Cpu>(&burnpack, &Default::default())
-        .map_err(zone_error)?;
+    let model = open_model(&ks, model_s, false)?;
+    let (spec, burnpack) = (model.spec, model.weights);
+    let net = spec.from_burnpack::<blindfold_zone::model::Cpu>(&burnpack, &Default::default())?;
     io(
         &weights,
-        fs::write(
-            &weights,
-            &model::to_safetensors(&net, &spec).map_err(zone_error)?[..],
-        ),
+        fs::write(&weights, &model::to_safetensors(&net, &spec)?[..]),
     )?;
-    let eval = evaluate(&weights, data, None, "test").map_err(|e| Error::Bug(e.to_string()))?;
+    let eval = evaluate(&weights, data, None, "test")?;
 
     eprintln!("9. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
     copy_dir(&sealed, &tampered)?;
@@ -268,11 +266,9 @@ pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) ->
     {
         Err(e @ Error::Integrity { .. }) => e.to_string(),
         Err(e) => {
-            return Err(Error::Bug(format!(
-                "tampering gave an unexpected error: {e}"
-            )))
+            return Err(Error::Bug(format!("tampering gave an unexpected error: {e}")).into())
         }
-        Ok(_) => return Err(Error::Bug("a tampered shard verified".into())),
+        Ok(_) => return Err(Error::Bug("a tampered shard verified".into()).into()),
     };
     eprintln!("   refused: {refused}");
 
@@ -286,7 +282,8 @@ pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) ->
         if got != original(data, name)? {
             return Err(Error::Bug(format!(
                 "{name} differs from the original after a round trip"
-            )));
+            ))
+            .into());
         }
         identical += 1;
     }
@@ -332,13 +329,13 @@ pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) ->
         sealed_run.total_s / plain_run.total_s
     );
     println!(
-        "  same weights          {} (sha256 {})",
+        "  same weights          {} (fingerprint for this run {})",
         if sealed_run.weights_sha256 == plain_run.weights_sha256 {
             "yes, bit-identical"
         } else {
             "NO"
         },
-        &sealed_run.weights_sha256[..16]
+        crate::bench_train::fingerprint(&sealed_run.weights_sha256)
     );
     println!(
         "  opened dataset        {:.2} s, {identical}/{} files byte-identical to the originals",
@@ -372,9 +369,9 @@ pub fn run(workdir: &Path, data: &Path, training: &DemoTraining, bars: &Bars) ->
         "                        and the cloud operator could not read the key, records or weights"
     );
     if sealed_run.weights_sha256 != plain_run.weights_sha256 {
-        return Err(Error::Bug(
-            "sealed and plaintext training gave different weights".into(),
-        ));
+        return Err(
+            Error::Bug("sealed and plaintext training gave different weights".into()).into(),
+        );
     }
     Ok(())
 }

@@ -20,9 +20,9 @@ pub struct LocalBroker {
 impl LocalBroker {
     /// Initializes a broker in `dir` and serves it on a free loopback port.
     pub fn start(dir: &Path) -> Result<Self, Error> {
-        let admin = blindfold_broker::init(dir, &[]).map_err(Error::BadInput)?;
+        let admin = blindfold_broker::init(dir, &[]).map_err(|e| Error::Bug(e.to_string()))?;
         let state = blindfold_broker::load(dir, None, blindfold_broker::Settings::default())
-            .map_err(Error::BadInput)?;
+            .map_err(|e| Error::Bug(e.to_string()))?;
         let listener = std::net::TcpListener::bind("127.0.0.1:0")
             .map_err(|e| Error::BadInput(e.to_string()))?;
         let url = format!(
@@ -57,6 +57,7 @@ impl LocalBroker {
             broker: self.url.clone(),
             ca_cert_pem: Some(self.ca_pem.clone()),
             job: Some(job.into()),
+            insecure_http: false,
         }
     }
 

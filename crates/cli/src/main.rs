@@ -8,6 +8,7 @@ mod bench_gpu;
 mod bench_train;
 mod broker;
 mod demo;
+mod fault;
 mod local_broker;
 mod progress;
 mod train;
@@ -20,11 +21,24 @@ use blindfold_owner::import::{Format, ImportOptions};
 use blindfold_owner::{Error, KeyStore, SealOptions, SealedDataset};
 use blindfold_store::Store;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use fault::{Failure, Fault};
 use zeroize::Zeroizing;
 
 use progress::Bars;
 
-const AFTER_HELP: &str = "\
+/// `train --help`'s epilogue.
+fn train_after_help() -> String {
+    format!(
+        "Examples:\n  blindfold train --dataset ./sealed --broker https://broker:8443 --ca-cert broker.pem \\\n      --job fmnist --model cnn --epochs 2 --out ./model\n  blindfold train --plaintext /usr/share/datasets/fashion-mnist --owner-key HEX --model lenet5 --out ./model-plain\n\nExit status {}: {}; `blindfold --help` lists the others.",
+        Fault::Denied.code(),
+        Fault::Denied.meaning()
+    )
+}
+
+/// The top-level `--help` epilogue; its exit-status table comes from [`Fault`].
+fn after_help() -> String {
+    format!(
+        "\
 Where things live:
   Owner keys      $BLINDFOLD_HOME (default ~/.blindfold): a master key, the owner's
                   HPKE identity, and each dataset's key wrapped under the master key.
@@ -32,11 +46,12 @@ Where things live:
                   from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
                   AWS_REGION, AWS_ALLOW_HTTP). Safe to keep in storage you do not trust.
 
-Exit status: 0 success, 2 usage, 3 bad input, 4 integrity failure (tampering, wrong
-key, truncation, rollback), 5 key store, 6 I/O or storage, 70 internal error.
-
+{}
 The sealed format is specified in docs/sealed-format.md; what it protects against is
-in docs/threat-model.md.";
+in docs/threat-model.md.",
+        fault::exit_table()
+    )
+}
 
 /// Train models in an untrusted cloud on data the cloud never sees.
 ///
@@ -44,7 +59,7 @@ in docs/threat-model.md.";
 /// any storage. Only the owner's key store (and, later, a training job that proves by
 /// remote attestation that it runs the expected code) can read them.
 #[derive(Parser)]
-#[command(name = "blindfold", version, after_help = AFTER_HELP, max_term_width = 100)]
+#[command(name = "blindfold", version, after_help = after_help(), max_term_width = 100)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -119,9 +134,7 @@ enum Cmd {
     ///
     /// With --plaintext INPUT the same pipeline runs on the owner's unsealed files: the
     /// baseline. Same seed, same data: bit-identical weights.
-    #[command(
-        after_help = "Examples:\n  blindfold train --dataset ./sealed --broker https://broker:8443 --ca-cert broker.pem \\\n      --job fmnist --model cnn --epochs 2 --out ./model\n  blindfold train --plaintext /usr/share/datasets/fashion-mnist --owner-key HEX --model lenet5 --out ./model-plain\n\nExit status 7: the key broker refused the key (policy denial)."
-    )]
+    #[command(after_help = train_after_help())]
     Train(Box<train::TrainArgs>),
     /// The owner's side of a trained model.
     #[command(subcommand)]
@@ -139,35 +152,6 @@ enum Cmd {
     /// model as the owner, shows a tampered shard refused, and prints a table: accuracy,
     /// time sealed vs plaintext, and where every artifact is.
     Demo(DemoArgs),
-}
-
-/// Why a command failed.
-pub enum Failure {
-    /// An error of the owner's tools or of a job (exit codes 3-6, 70).
-    Owner(Error),
-    /// The key broker refused or could not be reached.
-    Broker(blindfold_attest::Error),
-}
-
-impl From<blindfold_store::Error> for Failure {
-    fn from(e: blindfold_store::Error) -> Self {
-        Failure::Owner(e.into())
-    }
-}
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        Failure::Owner(e)
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Owner(e) => write!(f, "{e}"),
-            Failure::Broker(e) => write!(f, "key broker: {e}"),
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -315,17 +299,6 @@ struct DemoArgs {
     epochs: usize,
 }
 
-fn exit_code(e: &Error) -> u8 {
-    match e.kind() {
-        "bad input" => 3,
-        "integrity" => 4,
-        "key store" => 5,
-        "io" => 6,
-        "bug" => 70,
-        _ => 1,
-    }
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("BLINDFOLD_LOG"))
@@ -338,18 +311,9 @@ fn main() -> ExitCode {
     blindfold_zone::device::remove_runtime_cache();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Owner(e)) => {
-            eprintln!("blindfold: error: {e}");
-            ExitCode::from(exit_code(&e))
-        }
-        Err(Failure::Broker(e)) => {
-            eprintln!("blindfold: error: key broker: {e}");
-            ExitCode::from(match e {
-                blindfold_attest::Error::Denied { .. } => 7,
-                blindfold_attest::Error::BadReply(_) => 4,
-                blindfold_attest::Error::Evidence(_) => 3,
-                _ => 6,
-            })
+        Err(f) => {
+            eprintln!("blindfold: error: {f}");
+            ExitCode::from(f.fault.code())
         }
     }
 }
@@ -387,7 +351,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     Ok(())
 }
 
-fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Error> {
+fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
     match cmd {
         Cmd::Keys(KeysCmd::Init { passphrase: want }) => {
             let p = if want {
@@ -435,13 +399,12 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Error> {
                 if !blindfold_format::valid_split_name(s) {
                     return Err(Error::BadInput(format!(
                         "--split {s:?}: use 1-32 characters from a-z 0-9 _ -"
-                    )));
+                    ))
+                    .into());
                 }
             }
             if a.shard_size == 0 {
-                return Err(Error::BadInput(
-                    "--shard-size must be at least 1 MiB".into(),
-                ));
+                return Err(Error::BadInput("--shard-size must be at least 1 MiB".into()).into());
             }
             let opts = ImportOptions {
                 labels: a.labels,
@@ -539,7 +502,7 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Error> {
             },
             bars,
         )?,
-        Cmd::Broker(b) => broker::run(b, || open_keystore(g))?,
+        Cmd::Broker(b) => broker::run(b, || open_keystore(g).map_err(Failure::from))?,
         Cmd::Train(_)
         | Cmd::Model(_)
         | Cmd::Eval(_)
@@ -551,7 +514,7 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Error> {
     Ok(())
 }
 
-fn inspect(a: &InspectArgs) -> Result<(), Error> {
+fn inspect(a: &InspectArgs) -> Result<(), Failure> {
     let store = Store::open(&a.dest, false)?;
     let i = blindfold_owner::inspect(&store)?;
     let m = &i.manifest;

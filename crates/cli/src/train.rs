@@ -110,9 +110,14 @@ pub struct TrainArgs {
     /// The broker's TLS certificate to trust.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
-    /// Job name, checked by the dataset's policy.
+    /// Job name, checked by the dataset's policy (the job chooses it: it is not
+    /// attested).
     #[arg(long, value_name = "NAME")]
     job: Option<String>,
+    /// Accept an http:// broker URL (a test broker on loopback): nothing authenticates
+    /// the broker, and its replies cross the network in the clear.
+    #[arg(long)]
+    insecure_http: bool,
     #[command(flatten)]
     evidence: crate::broker::EvidenceArgs,
     /// With --plaintext: the owner's X25519 public key (hex, from `blindfold keys show`)
@@ -143,6 +148,11 @@ pub enum ModelCmd {
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
+        /// Open an output that no dataset key authenticates: the plaintext baseline's
+        /// (`train --plaintext`). Anyone who knows your public key can write such an
+        /// output; use this only for a baseline you ran yourself.
+        #[arg(long)]
+        danger_unauthenticated: bool,
     },
 }
 
@@ -244,25 +254,6 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))
 }
 
-/// A training job's error as a CLI failure: a broker's refusal keeps its own exit code.
-pub fn zone(e: blindfold_zone::Error) -> Failure {
-    match e {
-        blindfold_zone::Error::Broker(e) => Failure::Broker(e),
-        e => zone_error(e).into(),
-    }
-}
-
-/// A training job's error as an owner-tool error (for the demo, which owns the broker).
-pub fn zone_error(e: blindfold_zone::Error) -> Error {
-    match e {
-        blindfold_zone::Error::BadInput(s) => Error::BadInput(s),
-        blindfold_zone::Error::Data(e) => e,
-        blindfold_zone::Error::Store(e) => Error::from(e),
-        blindfold_zone::Error::Broker(e) => Error::BadInput(format!("key broker: {e}")),
-        e => Error::Bug(e.to_string()),
-    }
-}
-
 /// The configuration from --config, then flags.
 fn config(a: &TrainArgs) -> Result<TrainConfig, Error> {
     let mut cfg = match &a.config {
@@ -314,7 +305,7 @@ fn owner_key(hex_key: &str) -> Result<[u8; 32], Error> {
 
 pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
     let cfg = config(a)?;
-    job::harden_process().map_err(zone)?;
+    job::harden_process()?;
     let splits = Splits {
         train: a.train_split.clone(),
         test: a.test_split.clone(),
@@ -334,6 +325,7 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
                 broker: a.broker.clone(),
                 ca_cert_pem: a.ca_cert.as_deref().map(read).transpose()?,
                 job: a.job.clone(),
+                insecure_http: a.insecure_http,
             };
             Source::Sealed {
                 dataset,
@@ -359,8 +351,7 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
         _ => unreachable!("clap requires exactly one of --dataset and --plaintext"),
     };
     let out = Store::open(&a.out, true)?;
-    let (report, _trained) =
-        job::run(source, &splits, &cfg, &out, bars, &EpochBars::new(quiet)).map_err(zone)?;
+    let (report, _trained) = job::run(source, &splits, &cfg, &out, bars, &EpochBars::new(quiet))?;
     eprintln!(
         "trained {} ({}) in {:.1} s: key {:.3} s, load {:.3} s, train {:.1} s, seal+write {:.3} s",
         cfg.model,
@@ -383,18 +374,33 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A model opened by the owner: what it is, its Burnpack weights, the sealed metrics.
-pub type OpenedModel = (
-    ModelSpec,
-    zeroize::Zeroizing<Vec<u8>>,
-    Option<serde_json::Value>,
-);
+/// A model opened by the owner: what it is, where it came from, its Burnpack weights,
+/// the sealed metrics.
+pub struct OpenedModel {
+    pub spec: ModelSpec,
+    /// The dataset, version and manifest its dataset key authenticates (`None`: an
+    /// unauthenticated baseline output, opened on request).
+    pub source: Option<blindfold_format::OutputSource>,
+    pub weights: zeroize::Zeroizing<Vec<u8>>,
+    pub metrics: Option<serde_json::Value>,
+}
 
-/// Opens `MODEL_DEST/model.sealed` (and the metrics) with the owner's key store.
-pub fn open_model(ks: &KeyStore, model_dest: &str) -> Result<OpenedModel, Error> {
+/// Opens `MODEL_DEST/model.sealed` (and the metrics) with the owner's key store: both
+/// must be authenticated by the key of a dataset this key store holds, at a version it
+/// sealed (or, with `danger_unauthenticated`, be a baseline's), and come from the same
+/// source.
+pub fn open_model(
+    ks: &KeyStore,
+    model_dest: &str,
+    danger_unauthenticated: bool,
+) -> Result<OpenedModel, Error> {
     let store = Store::open(model_dest, false)?;
     let bytes = store.get(MODEL_OBJECT)?;
-    let (header, weights) = ks.open_output(&bytes, &format!("{model_dest}/{MODEL_OBJECT}"))?;
+    let (header, weights) = ks.open_output(
+        &bytes,
+        &format!("{model_dest}/{MODEL_OBJECT}"),
+        danger_unauthenticated,
+    )?;
     if header.kind != "model" || header.content_type != "burnpack" {
         return Err(Error::BadInput(format!(
             "{model_dest}/{MODEL_OBJECT} holds a {} ({}), not a model",
@@ -410,7 +416,13 @@ pub fn open_model(ks: &KeyStore, model_dest: &str) -> Result<OpenedModel, Error>
     let metrics = match store.size(METRICS_OBJECT)? {
         Some(_) => {
             let m = store.get(METRICS_OBJECT)?;
-            let (_, plain) = ks.open_output(&m, &format!("{model_dest}/{METRICS_OBJECT}"))?;
+            let name = format!("{model_dest}/{METRICS_OBJECT}");
+            let (mh, plain) = ks.open_output(&m, &name, danger_unauthenticated)?;
+            if mh.source != header.source || mh.kind != "metrics" {
+                return Err(Error::Unauthenticated(format!(
+                    "{name} is not the metrics of this model (another source or kind)"
+                )));
+            }
             Some(
                 serde_json::from_slice(&plain)
                     .map_err(|e| Error::BadInput(format!("sealed metrics: {e}")))?,
@@ -418,7 +430,12 @@ pub fn open_model(ks: &KeyStore, model_dest: &str) -> Result<OpenedModel, Error>
         }
         None => None,
     };
-    Ok((spec, weights, metrics))
+    Ok(OpenedModel {
+        spec,
+        source: header.source,
+        weights,
+        metrics,
+    })
 }
 
 pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
@@ -427,18 +444,23 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
         out,
         format,
         force,
+        danger_unauthenticated,
     } = cmd;
     if out.exists() && !force {
         return Err(Error::OutputExists(out.display().to_string()).into());
     }
-    let (spec, weights, metrics) = open_model(ks, model_dest)?;
+    let OpenedModel {
+        spec,
+        source,
+        weights,
+        metrics,
+    } = open_model(ks, model_dest, *danger_unauthenticated)?;
     let bytes = match format {
         WeightsFormat::Burnpack => weights,
         WeightsFormat::Safetensors => {
-            let net = spec
-                .from_burnpack::<blindfold_zone::model::Cpu>(&weights, &Default::default())
-                .map_err(zone)?;
-            model::to_safetensors(&net, &spec).map_err(zone)?
+            let net =
+                spec.from_burnpack::<blindfold_zone::model::Cpu>(&weights, &Default::default())?;
+            model::to_safetensors(&net, &spec)?
         }
     };
     // Through the owner's output set: a temporary file (0600) synced, then renamed.
@@ -461,6 +483,13 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
         spec.input,
         spec.classes
     );
+    match &source {
+        Some(s) => eprintln!(
+            "  trained on dataset {} version {} (manifest {}), authenticated by its key",
+            s.dataset_id, s.version, s.manifest_sha256
+        ),
+        None => eprintln!("  WARNING: unauthenticated output (a plaintext baseline's): nothing shows who wrote it"),
+    }
     if let Some(m) = metrics {
         if let Some(epochs) = m.get("epochs").and_then(|e| e.as_array()) {
             for e in epochs {
@@ -493,11 +522,9 @@ pub fn evaluate(
     split: &str,
 ) -> Result<Evaluation, Failure> {
     let bytes = zeroize::Zeroizing::new(read(model_file)?);
-    let spec = model::safetensors_spec(&bytes).map_err(zone)?;
+    let spec = model::safetensors_spec(&bytes)?;
     let device = Default::default();
-    let net = spec
-        .from_safetensors::<blindfold_zone::model::Cpu>(&bytes, &device)
-        .map_err(zone)?;
+    let net = spec.from_safetensors::<blindfold_zone::model::Cpu>(&bytes, &device)?;
     let import = blindfold_owner::import::import(
         test,
         Format::Auto,
@@ -514,8 +541,7 @@ pub fn evaluate(
             test: String::new(),
         },
         &blindfold_owner::NoProgress,
-    )
-    .map_err(zone)?;
+    )?;
     if data.input_shape() != spec.input {
         return Err(Error::BadInput(format!(
             "the model takes {:?} inputs; {} has {:?}",
@@ -534,7 +560,7 @@ pub fn evaluate(
         .into());
     }
     let (accuracy, confusion) =
-        blindfold_zone::train::evaluate_feed(&net, &data, false, &spec, &device).map_err(zone)?;
+        blindfold_zone::train::evaluate_feed(&net, &data, false, &spec, &device)?;
     Ok(Evaluation {
         spec,
         accuracy,

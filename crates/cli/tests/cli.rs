@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Output;
 
 use assert_cmd::Command;
+use sha2::Digest;
 
 struct Env {
     dir: tempfile::TempDir,
@@ -298,28 +299,21 @@ fn export_kbs_resource() {
 
 /// The broker commands end to end over TLS: init, serve, register, fetch-key (granted,
 /// then denied by the policy), revoke, audit --verify, and a tampered audit log.
-#[test]
-fn broker_commands_over_tls() {
-    let e = Env::new();
-    idx_input(e.path());
-    e.run(&["keys", "init"], 0);
-    let id = e.run(&["seal", "fm", "--out", "sealed"], 0);
-    let id = id.lines().nth(2).unwrap().trim().to_owned();
-    let out = e.run(&["broker", "init", "--dir", "brk"], 0);
-    assert!(out.contains("admin token"), "{out}");
+/// Starts `blindfold broker serve` on a free loopback port over `dir`; returns the
+/// process and its URL once it accepts connections.
+fn serve_broker(e: &Env, dir: &str) -> (std::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("https://127.0.0.1:{port}");
-    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("blindfold"))
+    let server = std::process::Command::new(assert_cmd::cargo::cargo_bin("blindfold"))
         .current_dir(e.path())
         .args([
             "broker",
             "serve",
             "--dir",
-            "brk",
+            dir,
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
@@ -331,6 +325,19 @@ fn broker_commands_over_tls() {
         assert!(t.elapsed().as_secs() < 20, "broker did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    (server, format!("https://127.0.0.1:{port}"))
+}
+
+#[test]
+fn broker_commands_over_tls() {
+    let e = Env::new();
+    idx_input(e.path());
+    e.run(&["keys", "init"], 0);
+    let id = e.run(&["seal", "fm", "--out", "sealed"], 0);
+    let id = id.lines().nth(2).unwrap().trim().to_owned();
+    let out = e.run(&["broker", "init", "--dir", "brk"], 0);
+    assert!(out.contains("admin token"), "{out}");
+    let (mut server, url) = serve_broker(&e, "brk");
     fs::write(
         e.path().join("policy.toml"),
         "tee = [\"sample\"]\njobs = [\"cnn\"]\n",
@@ -378,7 +385,8 @@ fn broker_commands_over_tls() {
         out.contains("released: dataset") && !out.to_lowercase().contains("key: \""),
         "{out}"
     );
-    let out = fetch("mlp", 3);
+    // A denial exits 7, as it does from `train`.
+    let out = fetch("mlp", 7);
     assert!(out.contains("PolicyDenied") && out.contains("job"), "{out}");
 
     // A training job through the same broker: the key by attestation, outputs sealed to
@@ -481,7 +489,7 @@ fn broker_commands_over_tls() {
         ],
         0,
     );
-    assert!(fetch("cnn", 3).contains("Revoked"));
+    assert!(fetch("cnn", 7).contains("Revoked"));
     let _ = server.kill();
     let _ = server.wait();
     let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 0);
@@ -494,6 +502,257 @@ fn broker_commands_over_tls() {
     .unwrap();
     let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 4);
     assert!(out.contains("audit entry 5"), "{out}");
+}
+
+/// The three holes an adversarial review reproduced end to end (issue 14), through the
+/// CLI as an attacker and a careless owner would meet them. Each of these steps
+/// succeeded before its fix:
+/// - `seal --update` without registering, then `train`: the job trained on the newer,
+///   unregistered manifest;
+/// - `broker revoke`, then `broker register` again: the key was released again;
+/// - an audit entry edited and every later hash recomputed with plain SHA-256:
+///   `broker audit --verify` said "intact".
+#[test]
+fn adversarial_review_reproductions() {
+    let e = Env::new();
+    idx_input(e.path());
+    e.run(&["keys", "init"], 0);
+    let id = e.run(&["seal", "fm", "--out", "sealed"], 0);
+    let id = id.lines().nth(2).unwrap().trim().to_owned();
+    e.run(&["broker", "init", "--dir", "brk"], 0);
+    let (mut server, url) = serve_broker(&e, "brk");
+    fs::write(
+        e.path().join("policy.toml"),
+        "tee = [\"sample\", \"tdx\"]\n",
+    )
+    .unwrap();
+    let register = |code: i32| {
+        e.run(
+            &[
+                "broker",
+                "register",
+                "sealed",
+                "--policy",
+                "policy.toml",
+                "--broker",
+                &url,
+                "--broker-dir",
+                "brk",
+            ],
+            code,
+        )
+    };
+    let train = |out: &str, code: i32| {
+        e.run(
+            &[
+                "train",
+                "--dataset",
+                "sealed",
+                "--broker",
+                &url,
+                "--ca-cert",
+                "brk/tls-cert.pem",
+                "--tee",
+                "sample",
+                "--model",
+                "mlp",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                out,
+                "--quiet",
+                "--json",
+            ],
+            code,
+        )
+    };
+    let out = register(0);
+    assert!(out.contains("no measurements"), "register warns: {out}");
+
+    // 1. A newer manifest the owner did not register is refused by the job.
+    e.run(&["seal", "fm", "--out", "sealed", "--update"], 0);
+    let out = train("model-v2", 4);
+    assert!(
+        out.contains("unregistered: manifest version 2 is newer than the recorded version 1"),
+        "{out}"
+    );
+    assert!(!e.path().join("model-v2/model.sealed").exists());
+    register(0);
+    let job_output = train("model-v2", 0);
+    // The weights' digest would confirm a guessed dataset (training is deterministic):
+    // it is in the sealed metrics the owner opens, and nowhere in what the job printed.
+    let opened = e.run(&["model", "open", "model-v2", "--out", "w.safetensors"], 0);
+    assert!(opened.contains("authenticated by its key"), "{opened}");
+    let digest = opened
+        .split("\"weights_sha256\":\"")
+        .nth(1)
+        .and_then(|r| r.get(..64))
+        .unwrap()
+        .to_owned();
+    assert!(!job_output.contains(&digest), "{job_output}");
+    assert!(!job_output.contains("weights_sha256"), "{job_output}");
+
+    // 2. Revocation is final: registering again is refused, the key stays withheld.
+    e.run(
+        &[
+            "broker",
+            "revoke",
+            &id,
+            "--broker",
+            &url,
+            "--broker-dir",
+            "brk",
+        ],
+        0,
+    );
+    let out = register(7);
+    assert!(out.contains("revoked, and revocation is final"), "{out}");
+    let out = e.run(
+        &[
+            "broker",
+            "fetch-key",
+            "--broker",
+            &url,
+            "--dataset",
+            &id,
+            "--tee",
+            "sample",
+            "--ca-cert",
+            "brk/tls-cert.pem",
+        ],
+        7,
+    );
+    assert!(out.contains("Revoked"), "{out}");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // 3. Entry 2 edited, and every later link and hash recomputed with plain SHA-256,
+    // as anyone who can write the database (but not read the broker's keys) can.
+    e.run(&["broker", "audit", "--dir", "brk", "--verify"], 0);
+    let c = rusqlite::Connection::open(e.path().join("brk/broker.db")).unwrap();
+    let rows: Vec<(i64, String)> = c
+        .prepare("SELECT seq, entry FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut prev: Vec<u8> = c
+        .query_row("SELECT hash FROM audit WHERE seq = 1", [], |r| r.get(0))
+        .unwrap();
+    for (seq, entry) in rows.into_iter().skip(1) {
+        let mut v: serde_json::Value = serde_json::from_str(&entry).unwrap();
+        if seq == 2 {
+            v["reason"] = "nothing happened".into();
+        }
+        let text = serde_json::to_string(&v).unwrap();
+        let canon = blindfold_protocol::canonical::jcs(&v).unwrap();
+        let mut h = sha2::Sha256::new();
+        sha2::Digest::update(&mut h, &prev);
+        sha2::Digest::update(&mut h, canon.as_bytes());
+        let hash = sha2::Digest::finalize(h).to_vec();
+        c.execute(
+            "UPDATE audit SET entry = ?1, prev = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![text, prev, hash, seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 4);
+    assert!(out.contains("audit entry 2"), "{out}");
+}
+
+/// Anyone who can write MODEL_DEST knows the owner's public key. A model planted there
+/// (before: accepted by `model open` with its invented metrics) is refused unless a
+/// holder of the dataset key sealed it; a baseline's unauthenticated output opens only
+/// on request.
+#[test]
+fn a_planted_model_is_refused() {
+    let e = Env::new();
+    idx_input(e.path());
+    let keys = e.run(&["keys", "init"], 0);
+    let public = keys
+        .split("identity (X25519, HPKE): ")
+        .nth(1)
+        .unwrap()
+        .get(..64)
+        .unwrap()
+        .to_owned();
+    let public = hex::decode(public).unwrap();
+    e.run(&["seal", "fm", "--out", "sealed"], 0);
+    let insp: serde_json::Value = serde_json::from_str(
+        e.run(&["inspect", "sealed", "--json"], 0)
+            .split("--- stdout\n")
+            .nth(1)
+            .unwrap()
+            .split("--- stderr")
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let plant = |dir: &str,
+                 source: Option<blindfold_format::OutputSource>,
+                 key: Option<&blindfold_format::DatasetKey>| {
+        let header = blindfold_format::OutputHeader::new(
+            "model",
+            "burnpack",
+            source,
+            serde_json::json!({"model": "mlp", "input": [1, 3, 3], "classes": 10}),
+        );
+        let sealed =
+            blindfold_format::seal_output(&public, &header, key, b"backdoor", "model.sealed")
+                .unwrap();
+        fs::create_dir_all(e.path().join(dir)).unwrap();
+        fs::write(e.path().join(dir).join("model.sealed"), sealed).unwrap();
+    };
+    // Sealed to the owner, claiming no source: unauthenticated.
+    plant("plain", None, None);
+    let out = e.run(
+        &[
+            "model", "open", "plain", "--out", "w1", "--format", "burnpack",
+        ],
+        4,
+    );
+    assert!(out.contains("not authenticated"), "{out}");
+    assert!(!e.path().join("w1").exists());
+    let out = e.run(
+        &[
+            "model",
+            "open",
+            "plain",
+            "--out",
+            "w1",
+            "--format",
+            "burnpack",
+            "--danger-unauthenticated",
+        ],
+        0,
+    );
+    assert!(out.contains("WARNING: unauthenticated"), "{out}");
+    // Claiming the real dataset and version, but sealed without its key.
+    let source = blindfold_format::OutputSource {
+        dataset_id: insp["dataset_id"].as_str().unwrap().into(),
+        version: 1,
+        manifest_sha256: insp["manifest_sha256"].as_str().unwrap().into(),
+    };
+    plant(
+        "forged",
+        Some(source),
+        Some(&blindfold_format::DatasetKey::from_bytes([3; 32])),
+    );
+    let out = e.run(
+        &[
+            "model", "open", "forged", "--out", "w2", "--format", "burnpack",
+        ],
+        4,
+    );
+    assert!(
+        out.contains("not made by a holder of the dataset key"),
+        "{out}"
+    );
+    assert!(!e.path().join("w2").exists());
 }
 
 /// `broker tdx-collateral` stores Intel's collateral for a platform in the broker's
