@@ -294,17 +294,18 @@ async fn auth(State(st): State<Arc<AppState>>, body: Body) -> Response {
             format!("TEE {tee:?} is not supported by this broker"),
         );
     }
-    let job =
-        match v.get("extra-params").and_then(|p| p.get("job")) {
-            None | Some(Value::Null) => None,
-            Some(Value::String(j)) if valid_job_name(j) => Some(j.clone()),
-            Some(_) => return fail(
+    let job = match v.get("extra-params").and_then(|p| p.get("job")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(j)) if valid_job_name(j) => Some(j.clone()),
+        Some(_) => {
+            return fail(
                 ErrorCode::MalformedRequest,
                 format!(
                     "extra-params.job must be 1-{MAX_JOB_NAME} characters from A-Z a-z 0-9 . _ -"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let (nonce, sid) = match (random::<32>(), random::<16>()) {
         (Ok(n), Ok(s)) => (STANDARD.encode(n), hex::encode(s)),
         _ => return internal("random"),

@@ -21,5 +21,8 @@ fn a_growing_batch_leaves_no_key_in_freed_memory() {
     drop(b);
     let (hits, block) = (w.hits(), w.largest_hit_block());
     drop(w);
-    assert_eq!(hits, 0, "keys left in freed memory (largest block {block} bytes)");
+    assert_eq!(
+        hits, 0,
+        "keys left in freed memory (largest block {block} bytes)"
+    );
 }

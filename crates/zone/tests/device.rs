@@ -237,7 +237,11 @@ fn holds(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Reads back `n` buffers of `bytes` fresh from CubeCL's pool, all held at once: every
 /// free slice of that size is among them.
-fn pool_contents(c: &cubecl::prelude::ComputeClient<WgpuRuntime>, bytes: usize, n: usize) -> Vec<Vec<u8>> {
+fn pool_contents(
+    c: &cubecl::prelude::ComputeClient<WgpuRuntime>,
+    bytes: usize,
+    n: usize,
+) -> Vec<Vec<u8>> {
     let handles: Vec<_> = (0..n).map(|_| c.empty(bytes)).collect();
     handles
         .iter()
@@ -266,7 +270,10 @@ fn device_plaintext_is_wiped_when_loading_fails_halfway() {
     let seen = handles
         .iter()
         .any(|h| holds(&c.read_one(h.clone()).unwrap(), &canary));
-    assert!(seen, "the pool did not hand the freed buffer back: this test shows nothing here");
+    assert!(
+        seen,
+        "the pool did not hand the freed buffer back: this test shows nothing here"
+    );
     for h in &handles {
         blindfold_gpu::wipe(
             &c,
@@ -284,7 +291,12 @@ fn device_plaintext_is_wiped_when_loading_fails_halfway() {
     let path = std::fs::read_dir(s.dir.path().join("sealed/shards"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("test-00000-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("test-00000-")
+        })
         .expect("the first test shard");
     let mut b = std::fs::read(&path).unwrap();
     let at = b.len() - 100;
@@ -296,6 +308,9 @@ fn device_plaintext_is_wiped_when_loading_fails_halfway() {
         .expect("a tampered test chunk stops loading");
     assert!(e.to_string().contains("test"), "{e}");
     for buf in pool_contents(&c, bytes, 8) {
-        assert!(!holds(&buf, &canary), "training plaintext left in the device pool");
+        assert!(
+            !holds(&buf, &canary),
+            "training plaintext left in the device pool"
+        );
     }
 }
