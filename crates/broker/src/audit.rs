@@ -98,6 +98,45 @@ pub struct Head {
     pub hash: [u8; 32],
 }
 
+/// The chain older blindfold versions wrote: `SHA-256(prev_hash ‖ JCS(entry))`, no key.
+/// Never accepted; only recognised, to say so.
+fn unkeyed_hash(prev: &[u8; 32], e: &Entry) -> Result<[u8; 32], DbError> {
+    use sha2::Digest;
+    let v = serde_json::to_value(e).map_err(|e| DbError(e.to_string()))?;
+    let c = blindfold_protocol::canonical::jcs(&v).map_err(|e| DbError(e.to_string()))?;
+    let mut h = sha2::Sha256::new();
+    h.update(prev);
+    h.update(c.as_bytes());
+    Ok(h.finalize().into())
+}
+
+/// Why an entry whose MAC fails does: a chain recomputed with plain SHA-256 is named as
+/// such (an older blindfold's log, or one rewritten without the key).
+fn mismatch(prev: &[u8; 32], e: &Entry, stored: &[u8]) -> Result<String, DbError> {
+    Ok(if unkeyed_hash(prev, e)?[..] == stored[..] {
+        "chained with plain SHA-256, not the broker's audit key: written by a blindfold older than the keyed chain, or rewritten by someone without the key; either way not tamper-evident".into()
+    } else {
+        "entry edited, or its MAC computed without the broker's audit key".into()
+    })
+}
+
+/// Whether the log starts with an entry chained the unkeyed way (an older blindfold's
+/// log): a broker refuses to append to it.
+pub fn unkeyed(c: &Connection) -> Result<bool, DbError> {
+    let first: Option<(String, Vec<u8>)> = c
+        .query_row("SELECT entry, hash FROM audit WHERE seq = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((text, hash)) = first else {
+        return Ok(false);
+    };
+    let Ok(e) = serde_json::from_str::<Entry>(&text) else {
+        return Ok(false);
+    };
+    Ok(unkeyed_hash(&[0; 32], &e)?[..] == hash[..])
+}
+
 fn entry_hash(key: &AuditKey, prev: &[u8; 32], e: &Entry) -> Result<[u8; 32], DbError> {
     let v = serde_json::to_value(e).map_err(|e| DbError(e.to_string()))?;
     let c = blindfold_protocol::canonical::jcs(&v).map_err(|e| DbError(e.to_string()))?;
@@ -196,10 +235,7 @@ pub fn verify(c: &Connection, key: &AuditKey) -> Result<Result<Head, (u64, Strin
         }
         let h = entry_hash(key, &head.hash, &e)?;
         if !constant_time_eq(&h, &hash) {
-            return Ok(Err((
-                seq,
-                "entry edited, or its MAC computed without the broker's audit key".into(),
-            )));
+            return Ok(Err((seq, mismatch(&head.hash, &e, &hash)?)));
         }
         head = Head { seq, hash: h };
     }

@@ -160,7 +160,14 @@ pub fn load(dir: &Path, db: Option<&Path>, settings: Settings) -> Result<Arc<App
     let master = read_hex32(&d.file("master.key"))?;
     let token = read_hex32(&d.file("token.key"))?;
     let admin = read_hex32(&d.file("admin.sha256"))?;
-    let db = db::Db::open(db.unwrap_or(&d.db()), audit::AuditKey::derive(&master))?;
+    let db_path = db.unwrap_or(&d.db()).to_owned();
+    let db = db::Db::open(&db_path, audit::AuditKey::derive(&master))?;
+    if audit::unkeyed(&db.reader()?)? {
+        return Err(Error::BadInput(format!(
+            "{}: its audit log was chained with plain SHA-256 by an older blindfold, which anyone who can write the file can rewrite; this broker will not append to it. Keep the file as an archive, move it away, start the broker on a new database and register the datasets again (a dataset revoked there stays revoked only if you do not register it again)",
+            db_path.display()
+        )));
+    }
     let state = AppState::new(db, *master, *token, *admin, settings)?;
     #[cfg(feature = "tdx")]
     let state = state.with_verifier(

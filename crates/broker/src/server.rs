@@ -38,8 +38,11 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// Requests per second allowed per client address (burst: twice that).
     pub rate_limit: f64,
-    /// Most sessions held at once; beyond it the oldest is dropped.
+    /// Most pending sessions (challenged, not yet attested) held at once, and most
+    /// attested ones: beyond either, the oldest of that kind is dropped.
     pub max_sessions: usize,
+    /// Most pending sessions one client address may hold; more get `429`.
+    pub max_pending_per_client: usize,
 }
 
 impl Default for Settings {
@@ -48,6 +51,7 @@ impl Default for Settings {
             session_ttl: Duration::from_secs(300),
             rate_limit: 5000.0,
             max_sessions: 16_384,
+            max_pending_per_client: 64,
         }
     }
 }
@@ -59,6 +63,10 @@ pub struct AppState {
     token_key: p256::ecdsa::SigningKey,
     admin_sha256: [u8; 32],
     sessions: Mutex<Sessions>,
+    /// Whether some registered policy accepts the `sample` TEE. Until one does, `auth`
+    /// refuses `sample`: otherwise anyone could open attested sessions without TEE
+    /// hardware and crowd out real ones.
+    sample_accepted: std::sync::atomic::AtomicBool,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
     verifiers: HashMap<String, Box<dyn Verifier>>,
     settings: Settings,
@@ -97,12 +105,24 @@ impl AppState {
                 verifiers.insert(t.to_string(), v);
             }
         }
+        let sample_accepted = db
+            .datasets()?
+            .iter()
+            .any(|r| Policy::parse(&r.policy).is_ok_and(|p| p.allows_sample()));
         Ok(Arc::new(AppState {
             db,
             master,
             token_key,
             admin_sha256,
-            sessions: Mutex::new(Sessions::new(settings.session_ttl, settings.max_sessions)),
+            sessions: Mutex::new(Sessions::new(
+                settings.session_ttl,
+                session::Limits {
+                    pending: settings.max_sessions,
+                    pending_per_client: settings.max_pending_per_client,
+                    attested: settings.max_sessions,
+                },
+            )),
+            sample_accepted: std::sync::atomic::AtomicBool::new(sample_accepted),
             buckets: Mutex::new(HashMap::new()),
             verifiers,
             settings,
@@ -189,6 +209,10 @@ fn session_fail(e: SessionError) -> Response {
             "this session's nonce was already used",
         ),
         SessionError::NotAttested => fail(ErrorCode::Unauthorized, "this session has not attested"),
+        SessionError::TooManyPending => fail(
+            ErrorCode::TooManyRequests,
+            "this address holds too many sessions that have not attested: finish them or let them expire",
+        ),
     }
 }
 
@@ -267,7 +291,11 @@ async fn rate_limit(
     next.run(req).await
 }
 
-async fn auth(State(st): State<Arc<AppState>>, body: Body) -> Response {
+async fn auth(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
     let body = match body_bytes(body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -294,6 +322,16 @@ async fn auth(State(st): State<Arc<AppState>>, body: Body) -> Response {
             format!("TEE {tee:?} is not supported by this broker"),
         );
     }
+    if tee == "sample"
+        && !st
+            .sample_accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return fail(
+            ErrorCode::UnsupportedTee,
+            "no dataset registered here accepts the sample TEE",
+        );
+    }
     let job = match v.get("extra-params").and_then(|p| p.get("job")) {
         None | Some(Value::Null) => None,
         Some(Value::String(j)) if valid_job_name(j) => Some(j.clone()),
@@ -310,15 +348,19 @@ async fn auth(State(st): State<Arc<AppState>>, body: Body) -> Response {
         (Ok(n), Ok(s)) => (STANDARD.encode(n), hex::encode(s)),
         _ => return internal("random"),
     };
-    st.sessions.lock().expect("session lock").insert(
+    let made = st.sessions.lock().expect("session lock").insert(
         sid.clone(),
         session::Challenge {
             nonce: nonce.clone(),
             tee,
             job,
         },
+        peer.ip(),
         Instant::now(),
     );
+    if let Err(e) = made {
+        return session_fail(e);
+    }
     let mut h = HeaderMap::new();
     let c = format!(
         "{SESSION_COOKIE}={sid}; Path=/kbs; HttpOnly; Max-Age={}",
@@ -457,10 +499,12 @@ async fn attest(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body)
         Ok(t) => t,
         Err(e) => return internal(e),
     };
-    st.sessions
-        .lock()
-        .expect("session lock")
-        .attest(&sid, att.runtime_data.tee_pubkey, claims);
+    st.sessions.lock().expect("session lock").attest(
+        &sid,
+        att.runtime_data.tee_pubkey,
+        claims,
+        Instant::now(),
+    );
     axum::Json(json!({ "token": tok })).into_response()
 }
 
@@ -658,6 +702,10 @@ impl AppState {
         entry.dataset = Some(reg.dataset_id.clone());
         entry.insecure_sample = policy.allows_sample();
         self.db.register(row, entry).map_err(Error::from)??;
+        if policy.allows_sample() {
+            self.sample_accepted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(policy)
     }
 }

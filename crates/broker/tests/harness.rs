@@ -316,6 +316,67 @@ fn registration_cannot_undo_a_revocation_or_fork_a_version() {
     assert!(b.verify_audit().is_ok());
 }
 
+/// `sample` evidence costs nothing to make: until a registered policy accepts it, `auth`
+/// refuses it, so nobody can fill the attested-session table without TEE hardware. One
+/// address holds a bounded number of sessions that have not attested.
+#[test]
+fn sessions_cost_something_to_hold() {
+    let b = start(Settings {
+        max_pending_per_client: 3,
+        ..Settings::default()
+    });
+    let c = reqwest::blocking_free::client();
+    let sample = json!({"version": "0.4.0", "tee": "sample", "extra-params": {}});
+    let (s, v, ck) = auth(&b, &c, sample.clone());
+    assert_eq!((s, code(&v).as_str()), (400, "UnsupportedTee"), "{v}");
+    assert!(ck.is_none());
+    b.register(&id(1), "tee = [\"tdx\"]\n");
+    assert_eq!(
+        auth(&b, &c, sample.clone()).0,
+        400,
+        "a TDX policy does not open sample"
+    );
+    b.register(&id(2), "tee = [\"sample\"]\n");
+    for _ in 0..3 {
+        assert_eq!(auth(&b, &c, sample.clone()).0, 200);
+    }
+    let (s, v, _) = auth(&b, &c, sample.clone());
+    assert_eq!((s, code(&v).as_str()), (429, "TooManyRequests"), "{v}");
+    // A broker restarted on the same folder remembers that sample is accepted.
+    let reloaded = blindfold_broker::load(b.dir.path(), None, Settings::default()).unwrap();
+    assert_eq!(reloaded.datasets_accepting_sample().unwrap(), vec![id(2)]);
+}
+
+/// A database whose audit log an older blindfold chained with plain SHA-256 is not
+/// appended to: such a log is not tamper-evident, and mixing chains would hide that.
+#[test]
+fn a_broker_refuses_an_unkeyed_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    blindfold_broker::init(dir.path(), &[]).unwrap();
+    let c = rusqlite::Connection::open(dir.path().join("broker.db")).unwrap();
+    c.execute_batch(
+        "CREATE TABLE audit(seq INTEGER PRIMARY KEY, entry TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);",
+    )
+    .unwrap();
+    let mut e = audit::Entry::new("register").outcome("granted", "registered");
+    e.seq = 1;
+    let canon = blindfold_protocol::canonical::jcs(&serde_json::to_value(&e).unwrap()).unwrap();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, [0u8; 32]);
+    sha2::Digest::update(&mut h, canon.as_bytes());
+    let hash = sha2::Digest::finalize(h).to_vec();
+    c.execute(
+        "INSERT INTO audit(seq, entry, prev, hash) VALUES (1, ?1, ?2, ?3)",
+        rusqlite::params![serde_json::to_string(&e).unwrap(), vec![0u8; 32], hash],
+    )
+    .unwrap();
+    drop(c);
+    let err = blindfold_broker::load(dir.path(), None, Settings::default())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("plain SHA-256"), "{err}");
+}
+
 /// What a client chooses is bounded before it is kept: a job name in the session, a
 /// reason quoting a malformed body in the audit log.
 #[test]

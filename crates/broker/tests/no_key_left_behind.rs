@@ -58,7 +58,7 @@ fn a_released_key_leaves_no_copy_in_freed_memory() {
     let w = blindfold_testkit::watch(&[&key[..], key_b64.as_bytes()]);
     for _ in 0..3 {
         let r = fetch_key(&opts, &id, &ev).unwrap();
-        assert_eq!(*r.key, key);
+        assert_eq!(**r.key, key);
     }
     let (hits, block) = (w.hits(), w.largest_hit_block());
     drop(w);

@@ -136,17 +136,30 @@ pub fn claims_from_report(
     td: &dcap_qvl::quote::TDReport10,
     tcb_status: String,
 ) -> Result<Claims, Rejection> {
-    // TDATTRIBUTES byte 0 is the TUD group: bit 0 DEBUG, bits 4..6 performance
-    // monitoring and profiling (Intel TDX module ABI, TD attributes).
-    let tud = td.td_attributes[0];
-    if tud & 0x01 != 0 {
+    // TDATTRIBUTES (Intel TDX module ABI): bit 0 DEBUG and bits 4..6 profiling (the TUD
+    // group), bit 28 SEPT_VE_DISABLE, bit 29 MIGRATABLE.
+    let a = dcap_qvl::quote::TDAttributes::parse(td.td_attributes)
+        .map_err(|e| Rejection::Evidence(format!("TD attributes: {e}")))?;
+    if a.tud & 0x01 != 0 {
         return Err(Rejection::Evidence(
             "the TD runs in debug mode (TDATTRIBUTES.DEBUG): the host can read its memory".into(),
         ));
     }
-    if tud & 0x70 != 0 {
+    if a.tud & 0x70 != 0 {
         return Err(Rejection::Evidence(
             "the TD allows profiling by the host (TDATTRIBUTES bits 4..6)".into(),
+        ));
+    }
+    if a.sec.migratable {
+        return Err(Rejection::Evidence(
+            "the TD is migratable (TDATTRIBUTES.MIGRATABLE): a migration TD can export its memory"
+                .into(),
+        ));
+    }
+    if !a.sec.sept_ve_disable {
+        return Err(Rejection::Evidence(
+            "the TD does not set SEPT_VE_DISABLE (the host could inject #VE through its page tables)"
+                .into(),
         ));
     }
     Ok(Claims {
