@@ -52,8 +52,9 @@ pub enum Error {
 pub struct Released {
     /// Dataset id (hex).
     pub dataset_id: String,
-    /// The dataset key.
-    pub key: Zeroizing<[u8; 32]>,
+    /// The dataset key, on the heap: moving a `Released` (in and out of futures, which
+    /// an async runtime may box) moves a pointer, not a copy of the key.
+    pub key: Box<Zeroizing<[u8; 32]>>,
     /// Manifest digest the owner registered.
     pub manifest_sha256: [u8; 32],
     /// Manifest version the owner registered.
@@ -80,11 +81,25 @@ pub struct FetchOptions {
     /// Job name, checked by the dataset's policy. The client chooses it: it names the
     /// job, it proves nothing.
     pub job: Option<String>,
-    /// Accept an `http://` broker URL. The key itself stays encrypted to the job's
-    /// ephemeral key, but the session cookie and the broker's replies (denials, the
-    /// attestation token) cross the network in the clear and unauthenticated. Tests on
-    /// loopback only.
+    /// Accept an `http://` broker URL on a loopback address (127.0.0.0/8, `::1`,
+    /// `localhost`). The key itself stays encrypted to the job's ephemeral key, but the
+    /// session cookie and the broker's replies (denials, the attestation token) are
+    /// unauthenticated. Tests only; a remote `http://` broker is refused even with it.
     pub insecure_http: bool,
+}
+
+/// Whether a URL's host is a loopback address.
+fn loopback_host(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl FetchOptions {
@@ -94,8 +109,14 @@ impl FetchOptions {
             return Ok(());
         }
         if self.broker.starts_with("http://") {
-            if self.insecure_http {
+            if self.insecure_http && loopback_host(&self.broker) {
                 return Ok(());
+            }
+            if self.insecure_http {
+                return Err(Error::BadInput(format!(
+                    "broker {}: plain HTTP is allowed only to a loopback address, even with --insecure-http",
+                    self.broker
+                )));
             }
             return Err(Error::BadInput(format!(
                 "broker {}: plain HTTP is refused (nothing authenticates the broker); use https://, or --insecure-http for a test broker on loopback",
@@ -111,7 +132,7 @@ impl FetchOptions {
 
 /// The 32-byte key from its base64 in the release object, decoded straight into
 /// zeroizing memory (no heap copy is left behind).
-fn decode_key(b64: &str) -> Result<Zeroizing<[u8; 32]>, Error> {
+fn decode_key(b64: &str) -> Result<Box<Zeroizing<[u8; 32]>>, Error> {
     let bad = || Error::BadReply("key is not base64 of 32 bytes".into());
     // Room for any base64 up to 48 decoded bytes; only 32 are accepted.
     let mut buf = Zeroizing::new([0u8; 48]);
@@ -121,7 +142,7 @@ fn decode_key(b64: &str) -> Result<Zeroizing<[u8; 32]>, Error> {
     if n != 32 {
         return Err(bad());
     }
-    let mut key = Zeroizing::new([0u8; 32]);
+    let mut key = Box::new(Zeroizing::new([0u8; 32]));
     key.copy_from_slice(&buf[..32]);
     Ok(key)
 }
@@ -187,6 +208,24 @@ pub async fn fetch_key_async(
     evidence: &EvidenceSource,
 ) -> Result<Released, Error> {
     opts.check()?;
+    // A session the broker dropped before it was used (its table full, or it expired
+    // while evidence was made) is started again, once, with fresh evidence.
+    match flow(client, opts, dataset_id, evidence).await {
+        Err(Error::Denied {
+            code: ErrorCode::TokenNotFound | ErrorCode::SessionExpired,
+            ..
+        }) => flow(client, opts, dataset_id, evidence).await,
+        other => other,
+    }
+}
+
+/// One auth → attest → resource round.
+async fn flow(
+    client: &reqwest::Client,
+    opts: &FetchOptions,
+    dataset_id: &str,
+    evidence: &EvidenceSource,
+) -> Result<Released, Error> {
     let base = opts.broker.trim_end_matches('/');
     let t = |url: &str, e: reqwest::Error| Error::Transport {
         url: url.into(),
@@ -299,6 +338,27 @@ mod tests {
         assert!(matches!(e, Error::BadInput(_)), "{e:?}");
         o.insecure_http = true;
         o.check().unwrap();
+        for local in [
+            "http://localhost:8080",
+            "http://[::1]:80/x",
+            "http://127.9.0.1",
+        ] {
+            o.broker = local.into();
+            o.check().unwrap();
+        }
+        for remote in [
+            "http://broker.example:8443",
+            "http://10.0.0.1:80",
+            "http://127.0.0.1.example.com/",
+            "http://[2001:db8::1]:80",
+        ] {
+            o.broker = remote.into();
+            let e = o.check().unwrap_err();
+            assert!(
+                matches!(&e, Error::BadInput(m) if m.contains("loopback")),
+                "{remote}: {e:?}"
+            );
+        }
         o.broker = "ftp://x".into();
         assert!(o.check().is_err());
         o.broker = "https://broker:8443".into();
@@ -309,7 +369,7 @@ mod tests {
     #[test]
     fn the_key_decodes_into_32_bytes_only() {
         let k: [u8; 32] = std::array::from_fn(|i| i as u8);
-        assert_eq!(*decode_key(&STANDARD.encode(k)).unwrap(), k);
+        assert_eq!(**decode_key(&STANDARD.encode(k)).unwrap(), k);
         for bad in [
             STANDARD.encode([1u8; 31]),
             STANDARD.encode([1u8; 33]),

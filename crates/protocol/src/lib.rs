@@ -138,17 +138,18 @@ impl std::fmt::Debug for Release {
 }
 
 impl Release {
-    /// The release object as JSON, in one zeroizing buffer reserved up front: growing a
-    /// buffer while serializing would free a copy of the key unwiped.
+    /// The release object as JSON, serialized into a fixed zeroizing buffer that cannot
+    /// grow (growing one would free a copy of the key unwiped): an object too long for it
+    /// is an error, never a reallocation.
     pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        let len = self.dataset_id.len() + self.key.len() + self.manifest_sha256.len() + 128;
-        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(len));
-        serde_json::to_writer(&mut *out, self).map_err(|e| Error::Malformed(e.to_string()))?;
-        if out.capacity() != len {
-            return Err(Error::Malformed(
-                "release object longer than reserved".into(),
-            ));
-        }
+        const MAX: usize = 1024;
+        let mut buf = zeroize::Zeroizing::new([0u8; MAX]);
+        let mut w = &mut buf[..];
+        serde_json::to_writer(&mut w, self)
+            .map_err(|e| Error::Malformed(format!("release object: {e}")))?;
+        let n = MAX - w.len();
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(n));
+        out.extend_from_slice(&buf[..n]);
         Ok(out)
     }
 }

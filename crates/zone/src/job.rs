@@ -137,7 +137,7 @@ pub fn run(
             // rollback, another one of the same version a fork.
             let ds = SealedDataset::open_with_key(
                 store,
-                DatasetKey::from_bytes(*released.key),
+                DatasetKey::from_bytes(**released.key),
                 Some(Expected {
                     version: released.version,
                     manifest_sha256: released.manifest_sha256,
@@ -272,10 +272,14 @@ fn write_outputs(
     trained: &Trained,
     facts: &serde_json::Value,
 ) -> Result<Vec<String>> {
+    // A random id shared by this job's two outputs: the owner opens a model only with
+    // the metrics the same job wrote, not another job's of the same dataset.
+    let run: [u8; 16] = blindfold_format::random_bytes().map_err(|e| Error::Bug(e.to_string()))?;
     let info = json!({
         "model": trained.spec.arch.name(),
         "input": trained.spec.input,
         "classes": trained.spec.classes,
+        "run": hex::encode(run),
     });
     let model = sealer.seal(
         "model",
