@@ -160,6 +160,19 @@ impl DatasetRecord {
     }
 }
 
+/// What [`KeyStore::upgrade_records`] did with one record.
+#[derive(Debug)]
+pub struct Upgraded {
+    /// Dataset id (hex).
+    pub dataset_id: String,
+    /// The version now recorded, or why the record was left alone.
+    pub outcome: std::result::Result<u64, String>,
+}
+
+/// A held [`KeyStore::lock_dataset`]: released when dropped.
+#[derive(Debug)]
+pub struct DatasetLock(#[allow(dead_code)] fs::File);
+
 /// An unlocked key store.
 pub struct KeyStore {
     home: PathBuf,
@@ -576,7 +589,7 @@ impl KeyStore {
             .map_err(|e| Error::KeyStore(format!("{} is malformed: {e}", p.display())))?;
         if v.get("format").and_then(|f| f.as_u64()) != Some(RECORD_FORMAT as u64) {
             return Err(Error::KeyStore(format!(
-                "{} was written by an older blindfold, whose records did not authenticate their version and digest: seal the dataset again with this version",
+                "{} was written by an older blindfold, whose records did not authenticate their version and digest: run `blindfold keys upgrade`",
                 p.display()
             )));
         }
@@ -617,11 +630,34 @@ impl KeyStore {
                 rec.version
             )));
         }
+        // At most one version waits to be confirmed: one left by a crash (or an earlier
+        // attempt) whose manifest was never made the latest goes, so that no output can
+        // name a manifest that was perhaps never written.
+        let latest = rec.version;
+        rec.history.retain(|p| p.version <= latest);
         rec.history.push(Published {
             version,
             manifest_sha256: hex::encode(manifest_sha256),
         });
         self.write_record(rec, &key)
+    }
+
+    /// Holds the dataset's record for one writer (`seal --update`) until the returned
+    /// guard is dropped; a second writer waits. An advisory lock on
+    /// `datasets/<id>.lock`, released by the system if the process dies.
+    pub fn lock_dataset(&self, id: &DatasetId) -> Result<DatasetLock> {
+        let path = self
+            .home
+            .join(DATASETS_DIR)
+            .join(format!("{}.lock", id.to_hex()));
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        f.lock().map_err(|e| Error::io(&path, e))?;
+        Ok(DatasetLock(f))
     }
 
     /// Makes a version this key store sealed the latest (its manifest is in storage).
@@ -640,6 +676,101 @@ impl KeyStore {
         rec.version = version;
         rec.manifest_sha256 = hex::encode(manifest_sha256);
         self.write_record(rec, &key)
+    }
+
+    /// Rewrites the dataset records an older blindfold wrote (format 1: their version,
+    /// digest and location were not authenticated) in the current format. A record is
+    /// rewritten only if the manifest at its location opens with its key and is exactly
+    /// the version and digest it records: the authenticated manifest vouches for the
+    /// fields the record could not. Others are left as they were, with the reason.
+    pub fn upgrade_records(&self) -> Result<Vec<Upgraded>> {
+        let dir = self.home.join(DATASETS_DIR);
+        let mut out = vec![];
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        let mut paths: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let bytes = fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| Error::KeyStore(format!("{} is malformed: {e}", p.display())))?;
+            let id_hex = v
+                .get("dataset_id")
+                .and_then(|i| i.as_str())
+                .unwrap_or_default()
+                .to_owned();
+            if v.get("format").and_then(|f| f.as_u64()) == Some(RECORD_FORMAT as u64) {
+                out.push(Upgraded {
+                    dataset_id: id_hex,
+                    outcome: Err("already current".into()),
+                });
+                continue;
+            }
+            let outcome = self.upgrade_one(&v, &id_hex);
+            out.push(Upgraded {
+                dataset_id: id_hex,
+                outcome,
+            });
+        }
+        Ok(out)
+    }
+
+    fn upgrade_one(&self, v: &serde_json::Value, id_hex: &str) -> std::result::Result<u64, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct V1 {
+            dataset_id: String,
+            suite: String,
+            nonce: String,
+            wrapped_key: String,
+            version: u64,
+            manifest_sha256: String,
+            location: String,
+        }
+        let r: V1 = serde_json::from_value(v.clone()).map_err(|e| format!("not a record: {e}"))?;
+        let id = DatasetId::from_hex(id_hex).ok_or("bad dataset id")?;
+        let mut aad = b"blindfold/v1/keystore/dataset/".to_vec();
+        aad.extend_from_slice(&id.0);
+        let raw = unwrap(&self.master, &aad, &r.nonce, &r.wrapped_key)
+            .ok_or("its key does not unwrap")?;
+        let key = DatasetKey::from_slice(&raw).map_err(|_| "its key has the wrong length")?;
+        let digest: [u8; 32] = hex::decode(&r.manifest_sha256)
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or("its manifest digest is not 32 bytes of hex")?;
+        let store = blindfold_store::Store::open(&r.location, false)
+            .map_err(|e| format!("{}: {e}", r.location))?;
+        crate::dataset::SealedDataset::open_with_key(
+            store,
+            key.clone(),
+            Some(crate::dataset::Expected {
+                version: r.version,
+                manifest_sha256: digest,
+            }),
+        )
+        .map_err(|e| format!("the manifest at {} does not confirm it: {e}", r.location))?;
+        let rec = DatasetRecord {
+            format: RECORD_FORMAT,
+            dataset_id: r.dataset_id,
+            suite: r.suite,
+            nonce: String::new(),
+            wrapped_key: String::new(),
+            version: r.version,
+            manifest_sha256: r.manifest_sha256.clone(),
+            location: r.location,
+            history: vec![Published {
+                version: r.version,
+                manifest_sha256: r.manifest_sha256,
+            }],
+        };
+        self.write_record(rec, &key).map_err(|e| e.to_string())?;
+        Ok(r.version)
     }
 
     /// Every dataset record, sorted by id.
@@ -694,8 +825,12 @@ mod tests {
             ks2.set_version(&id, 2, &[8; 32]).is_err(),
             "not sealed here"
         );
+        // A version sealed but never confirmed is replaced by the next attempt's.
+        ks2.add_version(&id, 2, &[9; 32]).unwrap();
         ks2.add_version(&id, 2, &[8; 32]).unwrap();
         assert_eq!(ks2.datasets().unwrap()[0].version, 1);
+        assert_eq!(ks2.datasets().unwrap()[0].history.len(), 2);
+        assert!(!ks2.datasets().unwrap()[0].published(2, &[9; 32]));
         ks2.set_version(&id, 2, &[8; 32]).unwrap();
         let rec = &ks2.datasets().unwrap()[0];
         assert_eq!(rec.version, 2);
@@ -769,6 +904,88 @@ mod tests {
         assert!(
             matches!(ks.dataset(&id), Err(Error::KeyStore(m)) if m.contains("older blindfold"))
         );
+    }
+
+    /// A record of the format before fields were authenticated is rewritten only when
+    /// the manifest in storage, opened with its key, is exactly what it records.
+    #[test]
+    fn old_records_are_upgraded_when_storage_confirms_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("ks");
+        let ks = KeyStore::init(&home, None).unwrap();
+        let input = dir.path().join("data.bin");
+        fs::write(&input, b"some records to seal").unwrap();
+        let mut reports = vec![];
+        for name in ["a", "b"] {
+            let imp = crate::import::import(
+                &input,
+                crate::import::Format::Raw,
+                &crate::import::ImportOptions::default(),
+            )
+            .unwrap();
+            let dest = dir.path().join(name);
+            let store = blindfold_store::Store::open(dest.to_str().unwrap(), true).unwrap();
+            reports.push(
+                crate::seal::seal(&ks, imp, &store, &Default::default(), &crate::NoProgress)
+                    .unwrap(),
+            );
+        }
+        // Rewrite both records as an older blindfold wrote them; b's records a wrong
+        // version, which storage will not confirm.
+        for (r, version) in reports.iter().zip([1u64, 7]) {
+            let (rec, key) = ks.dataset(&r.dataset_id).unwrap();
+            let mut aad = b"blindfold/v1/keystore/dataset/".to_vec();
+            aad.extend_from_slice(&r.dataset_id.0);
+            let (nonce, wrapped) = wrap(&ks.master, &aad, key.expose_secret()).unwrap();
+            let v1 = serde_json::json!({
+                "dataset_id": rec.dataset_id, "suite": rec.suite, "nonce": nonce,
+                "wrapped_key": wrapped, "version": version,
+                "manifest_sha256": rec.manifest_sha256, "location": rec.location,
+            });
+            fs::write(
+                ks.record_path(&r.dataset_id),
+                serde_json::to_vec(&v1).unwrap(),
+            )
+            .unwrap();
+            assert!(ks.dataset(&r.dataset_id).is_err());
+        }
+        let done = ks.upgrade_records().unwrap();
+        assert_eq!(done.len(), 2);
+        let a = done
+            .iter()
+            .find(|u| u.dataset_id == reports[0].dataset_id.to_hex())
+            .unwrap();
+        assert_eq!(a.outcome, Ok(1));
+        let b = done
+            .iter()
+            .find(|u| u.dataset_id == reports[1].dataset_id.to_hex())
+            .unwrap();
+        assert!(
+            b.outcome.as_ref().unwrap_err().contains("does not confirm"),
+            "{b:?}"
+        );
+        assert_eq!(ks.dataset(&reports[0].dataset_id).unwrap().0.version, 1);
+        assert!(ks.dataset(&reports[1].dataset_id).is_err());
+        // Running it again changes nothing.
+        let again = ks.upgrade_records().unwrap();
+        assert!(again.iter().all(|u| u.outcome.is_err()));
+    }
+
+    /// One writer at a time holds a dataset's record.
+    #[test]
+    fn a_dataset_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::init(dir.path(), None).unwrap();
+        let id = DatasetId::generate().unwrap();
+        let held = ks.lock_dataset(&id).unwrap();
+        let path = dir
+            .path()
+            .join(DATASETS_DIR)
+            .join(format!("{}.lock", id.to_hex()));
+        let other = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        assert!(other.try_lock().is_err(), "a second writer must wait");
+        drop(held);
+        other.try_lock().unwrap();
     }
 
     /// The identity's public key is recomputed from its secret: an edited keystore.json

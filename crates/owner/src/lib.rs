@@ -14,7 +14,7 @@ pub mod seal;
 
 pub use dataset::{inspect, Expected, Inspection, SealedDataset, SealedShard, VerifyReport};
 pub use error::{Error, Result};
-pub use keystore::{default_home, KeyStore};
+pub use keystore::{default_home, KeyStore, Upgraded};
 pub use seal::{seal, SealOptions, SealReport};
 
 /// Receives progress of long operations (the CLI draws bars from it).

@@ -83,6 +83,19 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// Writes the manifest. A write that reports an error may still have put the object in
+/// place (the rename done, the sync failed): the manifest in storage is read back, and
+/// if it is this one, it is published.
+fn publish(dest: &Store, bytes: Vec<u8>, digest: &[u8; 32]) -> Result<()> {
+    match dest.put(MANIFEST_NAME, bytes) {
+        Ok(()) => Ok(()),
+        Err(e) => match dest.get(MANIFEST_NAME) {
+            Ok(b) if manifest_digest(&b) == *digest => Ok(()),
+            _ => Err(e.into()),
+        },
+    }
+}
+
 /// Seals `import` into `dest`.
 pub fn seal(
     ks: &KeyStore,
@@ -93,6 +106,12 @@ pub fn seal(
 ) -> Result<SealReport> {
     let loc = dest.location().to_owned();
     let existing = dest.size(MANIFEST_NAME)?.is_some();
+    // One `seal --update` of a dataset at a time, from reading its version to recording
+    // the next one.
+    let _lock = match (existing, opts.update) {
+        (true, true) => Some(ks.lock_dataset(&crate::dataset::claimed_id(dest)?)?),
+        _ => None,
+    };
     let (key, id, suite, version, previous) = match (existing, opts.update) {
         (true, false) => {
             return Err(Error::OutputExists(format!(
@@ -209,18 +228,20 @@ pub fn seal(
     sealed_bytes += bytes.len() as u64;
     if previous.is_none() {
         ks.add_dataset(&id, suite, &key, version, &digest, &loc)?;
-        if let Err(e) = dest.put(MANIFEST_NAME, bytes) {
+        if let Err(e) = publish(dest, bytes, &digest) {
             let _ = ks.remove_dataset(&id);
-            return Err(e.into());
+            return Err(e);
         }
+        cleanup.paths.clear();
     } else {
         // Recorded as sealed by this key store first, then published, then made the
         // latest: a crash in between leaves a version the owner's tools still accept.
         ks.add_version(&id, version, &digest)?;
-        dest.put(MANIFEST_NAME, bytes)?;
+        publish(dest, bytes, &digest)?;
+        // Published: whatever fails from here, the new shards are the dataset's now.
+        cleanup.paths.clear();
         ks.set_version(&id, version, &digest)?;
     }
-    cleanup.paths.clear();
     // The old version's shards are no longer referenced.
     if let Some(old) = previous {
         for s in &old.splits {
