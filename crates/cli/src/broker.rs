@@ -451,19 +451,26 @@ pub fn run(
             .map_err(|e| Failure::new(Fault::Io, format!("{}: {e}", path.display())))?;
             let db_err =
                 |e: blindfold_broker::db::DbError| Failure::from(blindfold_broker::Error::from(e));
-            let entries = blindfold_broker::audit::entries(&c).map_err(db_err)?;
-            for e in &entries {
-                println!("{}", serde_json::to_string(e).map_err(Failure::bug)?);
-            }
-            if verify {
+            // Checked before anything is printed: entries after a break are not to be
+            // shown as if they were the log.
+            let head = if verify {
                 let key = blindfold_broker::audit_key(&dir)?;
                 match blindfold_broker::audit::verify(&c, &key).map_err(db_err)? {
-                    Ok(h) => eprintln!("audit chain intact: {} entries, head {} (keep this head elsewhere to detect a deleted tail)", h.seq, hex::encode(h.hash)),
+                    Ok(h) => Some(h),
                     Err((seq, why)) => {
                         let e = Failure::from(blindfold_broker::Error::AuditBroken { seq, why });
                         return Err(Failure::new(e.fault, format!("{}: {e}", path.display())));
                     }
                 }
+            } else {
+                None
+            };
+            let entries = blindfold_broker::audit::entries(&c).map_err(db_err)?;
+            for e in &entries {
+                println!("{}", serde_json::to_string(e).map_err(Failure::bug)?);
+            }
+            if let Some(h) = head {
+                eprintln!("audit chain intact: {} entries, head {} (keep this head elsewhere to detect a deleted tail)", h.seq, hex::encode(h.hash));
             }
         }
         BrokerCmd::FetchKey(a) => {

@@ -242,7 +242,7 @@ pub fn run(
 
     eprintln!("8. owner: open the sealed model and evaluate it on the test set");
     let weights = workdir.join("model.safetensors");
-    let model = open_model(&ks, model_s, false)?;
+    let model = open_model(&ks, model_s, Some(&report.dataset_id.to_hex()), false)?;
     let (spec, burnpack) = (model.spec, model.weights);
     let net = spec.from_burnpack::<blindfold_zone::model::Cpu>(&burnpack, &Default::default())?;
     io(

@@ -166,6 +166,10 @@ enum KeysCmd {
     },
     /// Print the identity public key and the datasets the key store holds keys for.
     Show,
+    /// Rewrite dataset records an older blindfold wrote, whose version and digest were
+    /// not authenticated: each is rewritten only if the manifest at its location opens
+    /// with its key and is exactly the version and digest it records.
+    Upgrade,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -369,6 +373,18 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
                 "identity (X25519, HPKE): {}",
                 hex::encode(ks.identity_public())
             );
+        }
+        Cmd::Keys(KeysCmd::Upgrade) => {
+            let ks = open_keystore(g)?;
+            for u in ks.upgrade_records()? {
+                match u.outcome {
+                    Ok(v) => println!(
+                        "{}  upgraded (version {v} confirmed by its manifest)",
+                        u.dataset_id
+                    ),
+                    Err(why) => println!("{}  left alone: {why}", u.dataset_id),
+                }
+            }
         }
         Cmd::Keys(KeysCmd::Show) => {
             let ks = open_keystore(g)?;

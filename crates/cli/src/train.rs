@@ -148,6 +148,15 @@ pub enum ModelCmd {
         /// Overwrite FILE if it exists.
         #[arg(long)]
         force: bool,
+        /// The dataset id the model was trained on (printed by `seal`). A model is
+        /// accepted only if that dataset's key sealed it: the key of another dataset in
+        /// your key store (one whose key a sample-TEE policy released, say) does not do.
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present = "danger_unauthenticated"
+        )]
+        dataset: Option<String>,
         /// Open an output that no dataset key authenticates: the plaintext baseline's
         /// (`train --plaintext`). Anyone who knows your public key can write such an
         /// output; use this only for a baseline you ran yourself.
@@ -386,21 +395,37 @@ pub struct OpenedModel {
 }
 
 /// Opens `MODEL_DEST/model.sealed` (and the metrics) with the owner's key store: both
-/// must be authenticated by the key of a dataset this key store holds, at a version it
-/// sealed (or, with `danger_unauthenticated`, be a baseline's), and come from the same
-/// source.
+/// must be authenticated by the key of `dataset` (the dataset the owner expects), at a
+/// version this key store sealed (or, with `danger_unauthenticated` and no dataset, be
+/// a baseline's), and come from the same job.
 pub fn open_model(
     ks: &KeyStore,
     model_dest: &str,
+    dataset: Option<&str>,
     danger_unauthenticated: bool,
 ) -> Result<OpenedModel, Error> {
     let store = Store::open(model_dest, false)?;
     let bytes = store.get(MODEL_OBJECT)?;
-    let (header, weights) = ks.open_output(
-        &bytes,
-        &format!("{model_dest}/{MODEL_OBJECT}"),
-        danger_unauthenticated,
-    )?;
+    let name = format!("{model_dest}/{MODEL_OBJECT}");
+    // The dataset named before anything is opened: the header's claim alone would let
+    // whoever holds any dataset's key choose which key authenticates the model.
+    let claimed = blindfold_format::output_header_unverified(&bytes, &name)
+        .map_err(|e| Error::sealed(&name, e))?;
+    match (dataset, &claimed.source) {
+        (Some(want), Some(src)) if src.dataset_id != want.to_ascii_lowercase() => {
+            return Err(Error::Unauthenticated(format!(
+                "{name} was made from dataset {}, not {want}",
+                src.dataset_id
+            )))
+        }
+        (Some(want), None) => {
+            return Err(Error::Unauthenticated(format!(
+                "{name} names no dataset: it is not authenticated by {want}'s key"
+            )))
+        }
+        _ => {}
+    }
+    let (header, weights) = ks.open_output(&bytes, &name, danger_unauthenticated)?;
     if header.kind != "model" || header.content_type != "burnpack" {
         return Err(Error::BadInput(format!(
             "{model_dest}/{MODEL_OBJECT} holds a {} ({}), not a model",
@@ -418,9 +443,12 @@ pub fn open_model(
             let m = store.get(METRICS_OBJECT)?;
             let name = format!("{model_dest}/{METRICS_OBJECT}");
             let (mh, plain) = ks.open_output(&m, &name, danger_unauthenticated)?;
-            if mh.source != header.source || mh.kind != "metrics" {
+            if mh.source != header.source
+                || mh.kind != "metrics"
+                || mh.info.get("run") != header.info.get("run")
+            {
                 return Err(Error::Unauthenticated(format!(
-                    "{name} is not the metrics of this model (another source or kind)"
+                    "{name} is not the metrics of this model (another job, source or kind)"
                 )));
             }
             Some(
@@ -444,6 +472,7 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
         out,
         format,
         force,
+        dataset,
         danger_unauthenticated,
     } = cmd;
     if out.exists() && !force {
@@ -454,7 +483,7 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
         source,
         weights,
         metrics,
-    } = open_model(ks, model_dest, *danger_unauthenticated)?;
+    } = open_model(ks, model_dest, dataset.as_deref(), *danger_unauthenticated)?;
     let bytes = match format {
         WeightsFormat::Burnpack => weights,
         WeightsFormat::Safetensors => {

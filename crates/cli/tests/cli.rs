@@ -460,15 +460,33 @@ fn broker_commands_over_tls() {
         }
     }
     let out = e.run(
-        &["model", "open", "model", "--out", "weights.safetensors"],
+        &[
+            "model",
+            "open",
+            "model",
+            "--dataset",
+            &id,
+            "--out",
+            "weights.safetensors",
+        ],
         0,
     );
     assert!(out.contains("mlp for input [1, 3, 3], 10 classes"), "{out}");
     assert!(out.contains("\"weights_sha256\""), "{out}");
     e.run(
-        &["model", "open", "model", "--out", "weights.safetensors"],
+        &[
+            "model",
+            "open",
+            "model",
+            "--dataset",
+            &id,
+            "--out",
+            "weights.safetensors",
+        ],
         3,
     );
+    // Which dataset the model must come from is the owner's to say.
+    e.run(&["model", "open", "model", "--out", "w.safetensors"], 2);
     let out = e.run(
         &["eval", "--model", "weights.safetensors", "--test", "fm"],
         0,
@@ -583,7 +601,18 @@ fn adversarial_review_reproductions() {
     let job_output = train("model-v2", 0);
     // The weights' digest would confirm a guessed dataset (training is deterministic):
     // it is in the sealed metrics the owner opens, and nowhere in what the job printed.
-    let opened = e.run(&["model", "open", "model-v2", "--out", "w.safetensors"], 0);
+    let opened = e.run(
+        &[
+            "model",
+            "open",
+            "model-v2",
+            "--dataset",
+            &id,
+            "--out",
+            "w.safetensors",
+        ],
+        0,
+    );
     assert!(opened.contains("authenticated by its key"), "{opened}");
     let digest = opened
         .split("\"weights_sha256\":\"")
@@ -661,7 +690,14 @@ fn adversarial_review_reproductions() {
         prev = hash;
     }
     let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 4);
-    assert!(out.contains("audit entry 2"), "{out}");
+    assert!(
+        out.contains("audit entry 2") && out.contains("plain SHA-256"),
+        "{out}"
+    );
+    assert!(
+        out.contains("--- stdout\n--- stderr"),
+        "a broken log is not printed as if it were the log: {out}"
+    );
 }
 
 /// Anyone who can write MODEL_DEST knows the owner's public key. A model planted there
@@ -707,15 +743,27 @@ fn a_planted_model_is_refused() {
         fs::create_dir_all(e.path().join(dir)).unwrap();
         fs::write(e.path().join(dir).join("model.sealed"), sealed).unwrap();
     };
+    let id = insp["dataset_id"].as_str().unwrap().to_owned();
+    let open = |dir: &str, out: &str, code: i32| {
+        e.run(
+            &[
+                "model",
+                "open",
+                dir,
+                "--dataset",
+                &id,
+                "--out",
+                out,
+                "--format",
+                "burnpack",
+            ],
+            code,
+        )
+    };
     // Sealed to the owner, claiming no source: unauthenticated.
     plant("plain", None, None);
-    let out = e.run(
-        &[
-            "model", "open", "plain", "--out", "w1", "--format", "burnpack",
-        ],
-        4,
-    );
-    assert!(out.contains("not authenticated"), "{out}");
+    let out = open("plain", "w1", 4);
+    assert!(out.contains("names no dataset"), "{out}");
     assert!(!e.path().join("w1").exists());
     let out = e.run(
         &[
@@ -742,17 +790,38 @@ fn a_planted_model_is_refused() {
         Some(source),
         Some(&blindfold_format::DatasetKey::from_bytes([3; 32])),
     );
-    let out = e.run(
-        &[
-            "model", "open", "forged", "--out", "w2", "--format", "burnpack",
-        ],
-        4,
-    );
+    let out = open("forged", "w2", 4);
     assert!(
         out.contains("not made by a holder of the dataset key"),
         "{out}"
     );
     assert!(!e.path().join("w2").exists());
+    // Sealed with the key of another dataset of the same owner, one whose key got out
+    // (a sample-TEE policy released it, say), and claiming that dataset: a valid output
+    // of *that* dataset, refused for this one.
+    e.run(&["seal", "fm", "--out", "sealed-b"], 0);
+    let o = e.cmd(&["broker", "export-kbs-resource", "sealed-b"]);
+    assert!(o.status.success());
+    let release: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let key_b: [u8; 32] = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        release["key"].as_str().unwrap(),
+    )
+    .unwrap()
+    .try_into()
+    .unwrap();
+    plant(
+        "other",
+        Some(blindfold_format::OutputSource {
+            dataset_id: release["dataset_id"].as_str().unwrap().into(),
+            version: release["version"].as_u64().unwrap(),
+            manifest_sha256: release["manifest_sha256"].as_str().unwrap().into(),
+        }),
+        Some(&blindfold_format::DatasetKey::from_bytes(key_b)),
+    );
+    let out = open("other", "w3", 4);
+    assert!(out.contains("was made from dataset"), "{out}");
+    assert!(!e.path().join("w3").exists());
 }
 
 /// `broker tdx-collateral` stores Intel's collateral for a platform in the broker's
