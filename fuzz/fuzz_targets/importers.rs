@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| blindfold_owner::import::fuzz(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| blindfold_dataset::import::fuzz(data));

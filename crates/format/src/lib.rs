@@ -39,7 +39,8 @@ pub use manifest::{
 };
 pub use output::{
     open_output, output_header_unverified, output_psk, seal_output, OutputHeader, OutputSource,
-    MAX_OUTPUT_HEADER, OUTPUT_INFO, OUTPUT_MAGIC, OUTPUT_SUITE, X25519_LEN,
+    CONFIG_OBJECT, MAX_OUTPUT_HEADER, METRICS_OBJECT, MODEL_OBJECT, OUTPUT_INFO, OUTPUT_MAGIC,
+    OUTPUT_SUITE, X25519_LEN,
 };
 pub use schema::{
     valid_split_name, DType, Schema, DEFAULT_CHUNK_TARGET, MAX_DIMS, MAX_RECORD_SIZE,

@@ -24,6 +24,13 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Object, Result};
 use crate::keys::{hkdf32, DatasetId, DatasetKey, LABEL_OUTPUT_PSK};
 
+/// Object name of the sealed weights in a job's output location (§10).
+pub const MODEL_OBJECT: &str = "model.sealed";
+/// Object name of the sealed metrics.
+pub const METRICS_OBJECT: &str = "metrics.sealed";
+/// Object name of the job's configuration (clear: it holds nothing secret).
+pub const CONFIG_OBJECT: &str = "train.json";
+
 /// First 16 bytes of every sealed output. Version 2: outputs of sealed datasets are
 /// authenticated to the dataset key (version 1 outputs, base mode only, are refused).
 pub const OUTPUT_MAGIC: &[u8; 16] = b"blindfold.out.v2";

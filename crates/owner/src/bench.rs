@@ -20,10 +20,11 @@ use blindfold_store::Store;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::import::{import, Format, ImportOptions};
+use blindfold_dataset::import::{import, Format, ImportOptions};
+use blindfold_dataset::{claimed_id, NoProgress};
+
 use crate::keystore::KeyStore;
 use crate::seal::{seal, SealOptions};
-use crate::{NoProgress, SealedDataset};
 
 /// Settings of the seal benchmark.
 #[derive(Debug, Clone)]
@@ -199,8 +200,8 @@ pub fn seal_bench(opts: &SealBenchOptions, log: &mut dyn FnMut(&str)) -> Result<
         )?;
         seal_v.push(gbps(size, t.elapsed()));
         let t = Instant::now();
-        let ds = SealedDataset::open(&ks, store)?;
-        ds.open_to_dir(&opened, false, &NoProgress)?;
+        let ds = crate::open(&ks, store)?;
+        crate::open_to_dir(&ds, &opened, false, &NoProgress)?;
         open_v.push(gbps(size, t.elapsed()));
         let t = Instant::now();
         copy_file(&input, &d.join("copy.bin"))?;
@@ -237,7 +238,7 @@ pub fn seal_bench(opts: &SealBenchOptions, log: &mut dyn FnMut(&str)) -> Result<
             aged_v.get(round).map_or("-".into(), |v| format!("{v:.2}")),
         ));
         // Clean the outputs (and the sealed dataset's key record) for the next round.
-        let id = crate::dataset::claimed_id(&Store::open(
+        let id = claimed_id(&Store::open(
             sealed.to_str().expect("utf-8 temp path"),
             false,
         )?)?;

@@ -78,6 +78,24 @@ pub enum Error {
     Bug(String),
 }
 
+impl From<blindfold_dataset::Error> for Error {
+    /// The reader's and importers' errors, variant for variant.
+    fn from(e: blindfold_dataset::Error) -> Self {
+        use blindfold_dataset::Error as D;
+        match e {
+            D::BadInput(m) => Error::BadInput(m),
+            D::Integrity { at, source } => Error::Integrity { at, source },
+            D::Format { at, source } => Error::Format { at, source },
+            D::MissingShard { location, path } => Error::MissingShard { location, path },
+            D::NoDataset(l) => Error::NoDataset(l),
+            D::RolledBack { location, what } => Error::RolledBack { location, what },
+            D::Storage(s) => Error::Storage(s),
+            D::Io { path, source } => Error::Io { path, source },
+            D::Bug(m) => Error::Bug(m),
+        }
+    }
+}
+
 impl Error {
     /// Wraps a format error found at `at`, sorting integrity failures from the rest.
     pub fn sealed(at: impl Into<String>, source: blindfold_format::Error) -> Self {

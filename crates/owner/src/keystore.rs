@@ -746,10 +746,10 @@ impl KeyStore {
             .ok_or("its manifest digest is not 32 bytes of hex")?;
         let store = blindfold_store::Store::open(&r.location, false)
             .map_err(|e| format!("{}: {e}", r.location))?;
-        crate::dataset::SealedDataset::open_with_key(
+        blindfold_dataset::SealedDataset::open_with_key(
             store,
             key.clone(),
-            Some(crate::dataset::Expected {
+            Some(blindfold_dataset::Expected {
                 version: r.version,
                 manifest_sha256: digest,
             }),
@@ -917,17 +917,23 @@ mod tests {
         fs::write(&input, b"some records to seal").unwrap();
         let mut reports = vec![];
         for name in ["a", "b"] {
-            let imp = crate::import::import(
+            let imp = blindfold_dataset::import::import(
                 &input,
-                crate::import::Format::Raw,
-                &crate::import::ImportOptions::default(),
+                blindfold_dataset::import::Format::Raw,
+                &blindfold_dataset::import::ImportOptions::default(),
             )
             .unwrap();
             let dest = dir.path().join(name);
             let store = blindfold_store::Store::open(dest.to_str().unwrap(), true).unwrap();
             reports.push(
-                crate::seal::seal(&ks, imp, &store, &Default::default(), &crate::NoProgress)
-                    .unwrap(),
+                crate::seal::seal(
+                    &ks,
+                    imp,
+                    &store,
+                    &Default::default(),
+                    &blindfold_dataset::NoProgress,
+                )
+                .unwrap(),
             );
         }
         // Rewrite both records as an older blindfold wrote them; b's records a wrong

@@ -1,33 +1,26 @@
-//! The data owner's side of blindfold: the key store, importers, and sealing, opening,
-//! verifying and inspecting datasets.
+//! The data owner's side of blindfold: the key store, sealing, opening a sealed dataset
+//! with the key store (checked against the versions it sealed), exporting records back
+//! into files, the release object for the broker, and the benchmarks.
 //!
-//! Plaintext here is the owner's own, on the owner's machine. Nothing in this crate
-//! runs in the broker or in the cloud.
+//! Plaintext here is the owner's own, on the owner's machine. What the trusted zone
+//! reads too (the sealed-dataset reader, the importers) is `blindfold-dataset`; the
+//! zone's crates cannot link this one, so nothing here runs in the cloud.
 #![forbid(unsafe_code)]
 
 pub mod bench;
-pub mod dataset;
 mod error;
-pub mod import;
+pub mod export;
 pub mod keystore;
+mod open;
+mod outputs;
 pub mod seal;
 
-pub use dataset::{inspect, Expected, Inspection, SealedDataset, SealedShard, VerifyReport};
+pub use blindfold_dataset::{
+    import, inspect, Expected, Inspection, NoProgress, Progress, SealedDataset, SealedShard,
+    VerifyReport,
+};
 pub use error::{Error, Result};
 pub use keystore::{default_home, KeyStore, Upgraded};
+pub use open::{open, open_to_dir, release, Release};
+pub use outputs::{open_job_outputs, JobOutputs};
 pub use seal::{seal, SealOptions, SealReport};
-
-/// Receives progress of long operations (the CLI draws bars from it).
-pub trait Progress: Sync {
-    /// A phase starts; `total` bytes of plaintext will pass.
-    fn begin(&self, _what: &str, _total: u64) {}
-    /// `n` more bytes done.
-    fn advance(&self, _n: u64) {}
-    /// The phase is over.
-    fn end(&self) {}
-}
-
-/// Reports nothing.
-pub struct NoProgress;
-
-impl Progress for NoProgress {}

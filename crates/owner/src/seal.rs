@@ -13,15 +13,11 @@ use blindfold_format::{
 use blindfold_store::Store;
 use zeroize::Zeroize;
 
-use crate::dataset::SealedDataset;
-use crate::error::{Error, Result};
-use crate::import::Import;
-use crate::keystore::KeyStore;
-use crate::Progress;
+use blindfold_dataset::import::Import;
+use blindfold_dataset::{claimed_id, Progress, OWNER_PUBLIC_FIELD};
 
-/// The sealed-metadata field holding the owner's X25519 public key (hex), to which
-/// trained models and metrics are sealed.
-pub const OWNER_PUBLIC_FIELD: &str = "owner_public";
+use crate::error::{Error, Result};
+use crate::keystore::KeyStore;
 
 /// Default plaintext bytes per shard.
 pub const DEFAULT_SHARD_BYTES: u64 = 256 << 20;
@@ -109,7 +105,7 @@ pub fn seal(
     // One `seal --update` of a dataset at a time, from reading its version to recording
     // the next one.
     let _lock = match (existing, opts.update) {
-        (true, true) => Some(ks.lock_dataset(&crate::dataset::claimed_id(dest)?)?),
+        (true, true) => Some(ks.lock_dataset(&claimed_id(dest)?)?),
         _ => None,
     };
     let (key, id, suite, version, previous) = match (existing, opts.update) {
@@ -127,7 +123,7 @@ pub fn seal(
             None,
         ),
         (true, true) => {
-            let old = SealedDataset::open(ks, dest.clone())?;
+            let old = crate::open(ks, dest.clone())?;
             let m = old.manifest().clone();
             (
                 old.key().clone(),

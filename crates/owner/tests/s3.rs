@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blindfold_owner::import::Format;
-use blindfold_owner::{Error, NoProgress, SealedDataset};
+use blindfold_owner::{Error, NoProgress};
 use blindfold_store::Store;
 use common::*;
 
@@ -110,9 +110,10 @@ fn seal_verify_open_and_tamper_on_s3() {
         "s3://bucket/blobs/b1",
         &blindfold_owner::SealOptions::default(),
     );
-    let ds = SealedDataset::open(&ks, Store::open("s3://bucket/blobs/b1", false).unwrap()).unwrap();
+    let ds =
+        blindfold_owner::open(&ks, Store::open("s3://bucket/blobs/b1", false).unwrap()).unwrap();
     let out = t.path().join("blob-out");
-    ds.open_to_dir(&out, false, &NoProgress).unwrap();
+    blindfold_owner::open_to_dir(&ds, &out, false, &NoProgress).unwrap();
     assert!(
         fs::read(out.join("big.bin")).unwrap() == blob,
         "9 MiB blob differs after S3 round trip"
@@ -130,10 +131,10 @@ fn seal_verify_open_and_tamper_on_s3() {
         );
     }
     let store = Store::open(url, false).unwrap();
-    let ds = SealedDataset::open(&ks, store.clone()).unwrap();
+    let ds = blindfold_owner::open(&ks, store.clone()).unwrap();
     ds.verify(&NoProgress).unwrap();
     let out = t.path().join("out");
-    ds.open_to_dir(&out, false, &NoProgress).unwrap();
+    blindfold_owner::open_to_dir(&ds, &out, false, &NoProgress).unwrap();
     assert_eq!(fs::read(out.join("train-images-idx3-ubyte")).unwrap(), img);
     assert_eq!(fs::read(out.join("train-labels-idx1-ubyte")).unwrap(), lab);
     // Tamper through the S3 API.
@@ -141,9 +142,10 @@ fn seal_verify_open_and_tamper_on_s3() {
     let mut b = store.get(&path).unwrap();
     b[100] ^= 0x20;
     store.put(&path, b).unwrap();
-    let e = SealedDataset::open(&ks, store.clone())
+    let e = blindfold_owner::open(&ks, store.clone())
         .unwrap()
         .verify(&NoProgress)
+        .map_err(Error::from)
         .unwrap_err();
     assert!(
         matches!(e, Error::Integrity { .. }) && e.to_string().contains(&path),

@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 
+use blindfold_dataset::Error as DError;
 use blindfold_format::{Schema, Suite};
 use blindfold_owner::import::{import, Format, Import, ImportOptions, RecordSource, SplitSource};
 use blindfold_owner::{Error, KeyStore, NoProgress, SealOptions, SealedDataset};
@@ -13,11 +14,14 @@ use common::*;
 use proptest::prelude::*;
 
 fn open(ks: &KeyStore, dest: &std::path::Path) -> Result<SealedDataset, Error> {
-    SealedDataset::open(ks, Store::open(dest.to_str().unwrap(), false)?)
+    blindfold_owner::open(ks, Store::open(dest.to_str().unwrap(), false)?)
 }
 
 fn verify(ks: &KeyStore, dest: &std::path::Path) -> Result<(), Error> {
-    open(ks, dest)?.verify(&NoProgress).map(|_| ())
+    open(ks, dest)?
+        .verify(&NoProgress)
+        .map(|_| ())
+        .map_err(Error::from)
 }
 
 /// A key store and a small two-split IDX dataset sealed into `<tmp>/sealed` with small
@@ -70,7 +74,7 @@ fn idx_round_trip_is_byte_identical_and_randomly_accessible() {
         assert!(r.shards > 2, "small shards expected");
         let ds = open(&ks, &dest).unwrap();
         let out = t.path().join(format!("opened-{suite}"));
-        let written = ds.open_to_dir(&out, false, &NoProgress).unwrap();
+        let written = blindfold_owner::open_to_dir(&ds, &out, false, &NoProgress).unwrap();
         assert_eq!(written.len(), 4);
         assert_eq!(
             fs::read(out.join("train-images-idx3-ubyte")).unwrap(),
@@ -102,7 +106,7 @@ fn idx_round_trip_is_byte_identical_and_randomly_accessible() {
         }
         assert!(matches!(
             ds.read_records("train", 20, 4),
-            Err(Error::BadInput(_))
+            Err(DError::BadInput(_))
         ));
     }
 }
@@ -285,7 +289,7 @@ fn an_oversized_manifest_object_is_refused_unread() {
     f.set_len(4 << 30).unwrap();
     drop(f);
     let store = Store::open(dest.to_str().unwrap(), false).unwrap();
-    let e = blindfold_owner::dataset::claimed_id(&store).unwrap_err();
+    let e = blindfold_dataset::claimed_id(&store).unwrap_err();
     assert!(e.to_string().contains("more than a manifest may be"), "{e}");
     assert!(matches!(verify(&ks, &dest), Err(Error::Format { .. })));
 }
@@ -343,9 +347,7 @@ fn open_writes_nothing_on_failure_and_never_overwrites() {
     let out = t.path().join("out");
     fs::create_dir_all(&out).unwrap();
     fs::write(out.join("keep.txt"), "mine").unwrap();
-    let e = open(&ks, &dest)
-        .unwrap()
-        .open_to_dir(&out, false, &NoProgress)
+    let e = blindfold_owner::open_to_dir(&open(&ks, &dest).unwrap(), &out, false, &NoProgress)
         .unwrap_err();
     assert!(matches!(e, Error::Integrity { .. }), "{e}");
     assert!(
@@ -361,9 +363,7 @@ fn open_writes_nothing_on_failure_and_never_overwrites() {
     fs::write(&p, &b).unwrap();
     // Existing files are not overwritten without force.
     fs::write(out.join("train-images-idx3-ubyte"), "mine").unwrap();
-    let e = open(&ks, &dest)
-        .unwrap()
-        .open_to_dir(&out, false, &NoProgress)
+    let e = blindfold_owner::open_to_dir(&open(&ks, &dest).unwrap(), &out, false, &NoProgress)
         .unwrap_err();
     assert!(matches!(e, Error::OutputExists(_)));
     assert_eq!(
@@ -371,10 +371,7 @@ fn open_writes_nothing_on_failure_and_never_overwrites() {
         b"mine"
     );
     assert_eq!(files(&out).len(), 2);
-    open(&ks, &dest)
-        .unwrap()
-        .open_to_dir(&out, true, &NoProgress)
-        .unwrap();
+    blindfold_owner::open_to_dir(&open(&ks, &dest).unwrap(), &out, true, &NoProgress).unwrap();
     assert_eq!(files(&out).len(), 5);
 }
 
@@ -383,9 +380,9 @@ struct FailAfter {
 }
 
 impl RecordSource for FailAfter {
-    fn read_records(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+    fn read_records(&mut self, buf: &mut [u8]) -> Result<(), DError> {
         if self.left < buf.len() as u64 {
-            return Err(Error::BadInput("input vanished".into()));
+            return Err(DError::BadInput("input vanished".into()));
         }
         self.left -= buf.len() as u64;
         buf.fill(7);
@@ -502,10 +499,7 @@ fn npy_with_labels_round_trips_byte_for_byte() {
     let store = Store::open(dest.to_str().unwrap(), true).unwrap();
     blindfold_owner::seal(&ks, imp, &store, &small_opts(), &NoProgress).unwrap();
     let out = t.path().join("out");
-    open(&ks, &dest)
-        .unwrap()
-        .open_to_dir(&out, false, &NoProgress)
-        .unwrap();
+    blindfold_owner::open_to_dir(&open(&ks, &dest).unwrap(), &out, false, &NoProgress).unwrap();
     assert_eq!(fs::read(out.join("x.npy")).unwrap(), xb);
     assert_eq!(fs::read(out.join("y.npy")).unwrap(), yb);
     // Mismatched label count is bad input, before anything is written.
@@ -521,7 +515,7 @@ fn npy_with_labels_round_trips_byte_for_byte() {
                 ..Default::default()
             }
         ),
-        Err(Error::BadInput(_))
+        Err(DError::BadInput(_))
     ));
 }
 
@@ -540,10 +534,7 @@ fn csv_round_trips_values_and_rejects_bad_cells_with_their_line() {
         &SealOptions::default(),
     );
     let out = t.path().join("out");
-    open(&ks, &dest)
-        .unwrap()
-        .open_to_dir(&out, false, &NoProgress)
-        .unwrap();
+    blindfold_owner::open_to_dir(&open(&ks, &dest).unwrap(), &out, false, &NoProgress).unwrap();
     assert_eq!(
         fs::read_to_string(out.join("t.csv")).unwrap(),
         "a,label,b\n1.5,3,-2\n0.25,0,1000\n7,9,0\n"
@@ -578,17 +569,17 @@ fn malformed_idx_is_bad_input() {
         .err()
         .unwrap();
     assert!(
-        matches!(e, Error::BadInput(_)) && e.to_string().contains("header promises"),
+        matches!(e, DError::BadInput(_)) && e.to_string().contains("header promises"),
         "{e}"
     );
     fs::write(d.join("train-images-idx3-ubyte"), b"\x00\x00\x08").unwrap();
     assert!(matches!(
         import(d, Format::Idx, &ImportOptions::default()),
-        Err(Error::BadInput(_))
+        Err(DError::BadInput(_))
     ));
     fs::write(d.join("notes.bin"), b"hello").unwrap();
     assert!(
-        matches!(import(&d.join("notes.bin"), Format::Auto, &ImportOptions::default()), Err(Error::BadInput(m)) if m.contains("--format raw"))
+        matches!(import(&d.join("notes.bin"), Format::Auto, &ImportOptions::default()), Err(DError::BadInput(m)) if m.contains("--format raw"))
     );
 }
 
@@ -606,7 +597,7 @@ proptest! {
         seal_path(&ks, &f, Format::Raw, dest.to_str().unwrap(), &SealOptions { suite, shard_bytes: shard, chunk_target: chunk, update: false });
         let ds = open(&ks, &dest).unwrap();
         let out = t.path().join("out");
-        ds.open_to_dir(&out, false, &NoProgress).unwrap();
+        blindfold_owner::open_to_dir(&ds, &out, false, &NoProgress).unwrap();
         prop_assert_eq!(fs::read(out.join("blob.bin")).unwrap(), data.clone());
         if len > 0 {
             let from = (len / 3) as u64;

@@ -5,7 +5,7 @@
 mod common;
 
 use blindfold_owner::import::Format;
-use blindfold_owner::{Error, NoProgress, SealOptions, SealedDataset};
+use blindfold_owner::{Error, NoProgress, SealOptions};
 use blindfold_store::Store;
 use common::*;
 
@@ -28,7 +28,8 @@ fn a_batch_that_fails_halfway_leaves_no_plaintext_in_freed_memory() {
         ..SealOptions::default()
     };
     seal_path(&ks, &input, Format::Raw, dest.to_str().unwrap(), &opts);
-    let ds = SealedDataset::open(&ks, Store::open(dest.to_str().unwrap(), false).unwrap()).unwrap();
+    let ds =
+        blindfold_owner::open(&ks, Store::open(dest.to_str().unwrap(), false).unwrap()).unwrap();
     // Tamper the 6th chunk of the only shard: five chunks open before it fails, in one
     // batch.
     let entry = &ds.manifest().splits[0].shards[0];
@@ -39,7 +40,7 @@ fn a_batch_that_fails_halfway_leaves_no_plaintext_in_freed_memory() {
     std::fs::write(&shard, bytes).unwrap();
 
     let w = blindfold_testkit::watch(&[&canary[..]]);
-    let e = ds.verify(&NoProgress).unwrap_err();
+    let e = Error::from(ds.verify(&NoProgress).unwrap_err());
     let (hits, block) = (w.hits(), w.largest_hit_block());
     drop(w);
     assert!(matches!(e, Error::Integrity { .. }), "{e}");

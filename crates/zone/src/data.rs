@@ -8,9 +8,9 @@
 
 use std::sync::mpsc;
 
+use blindfold_dataset::import::Import;
+use blindfold_dataset::{Progress, SealedDataset};
 use blindfold_format::{DType, Schema};
-use blindfold_owner::import::Import;
-use blindfold_owner::{Progress, SealedDataset};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use zeroize::{Zeroize, Zeroizing};
@@ -119,9 +119,9 @@ fn read_sealed_split(
     let size = split_size(schema, name, split.records)?;
     let mut bytes = Zeroizing::new(Vec::with_capacity(size));
     progress.begin(&format!("decrypt {name}"), size as u64);
-    ds.for_each_chunk(split, &blindfold_owner::NoProgress, |plain| {
+    ds.for_each_chunk(split, &blindfold_dataset::NoProgress, |plain| {
         if bytes.len() + plain.len() > size {
-            return Err(blindfold_owner::Error::Bug(
+            return Err(Error::Bug(
                 "a split holds more records than its manifest says".into(),
             ));
         }

@@ -10,7 +10,7 @@ pub enum Error {
     /// Reading the dataset failed: tampering (names the shard and chunk), a rollback,
     /// storage, or bad input, as the owner-side error says.
     #[error(transparent)]
-    Data(#[from] blindfold_owner::Error),
+    Data(#[from] blindfold_dataset::Error),
     /// Storage failed while writing outputs.
     #[error(transparent)]
     Store(#[from] blindfold_store::Error),

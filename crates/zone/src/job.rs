@@ -7,9 +7,9 @@
 use std::time::Instant;
 
 use blindfold_attest::{EvidenceSource, FetchOptions};
+use blindfold_dataset::import::Import;
+use blindfold_dataset::{Expected, Progress, SealedDataset};
 use blindfold_format::{seal_output, DatasetKey, OutputHeader};
-use blindfold_owner::import::Import;
-use blindfold_owner::{Expected, Progress, SealedDataset};
 use blindfold_store::Store;
 use serde::Serialize;
 use serde_json::json;
@@ -19,12 +19,40 @@ use crate::device::{self, DeviceKind, DeviceSource};
 use crate::error::{Error, Result};
 use crate::train::{self, TrainConfig, TrainProgress, Trained};
 
-/// Object name of the sealed weights in the output location.
-pub const MODEL_OBJECT: &str = "model.sealed";
-/// Object name of the sealed metrics.
-pub const METRICS_OBJECT: &str = "metrics.sealed";
-/// Object name of the job's configuration (clear: it holds nothing secret).
-pub const CONFIG_OBJECT: &str = "train.json";
+pub use blindfold_format::{CONFIG_OBJECT, METRICS_OBJECT, MODEL_OBJECT};
+
+/// What a job's sealed outputs say in clear about the model (their header's `info`, the
+/// same in both): written here by [`run`], read back by the owner's `model open`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputInfo {
+    /// Architecture.
+    pub model: crate::model::Arch,
+    /// Input as (channels, height, width).
+    pub input: [usize; 3],
+    /// Number of classes.
+    pub classes: usize,
+    /// A random id shared by the job's two outputs: the owner opens a model only with the
+    /// metrics the same job wrote.
+    pub run: String,
+}
+
+impl OutputInfo {
+    /// The info of a sealed output's header.
+    pub fn from_header(h: &OutputHeader) -> Result<OutputInfo> {
+        serde_json::from_value(h.info.clone())
+            .map_err(|e| Error::BadInput(format!("sealed output header: {e}")))
+    }
+
+    /// What the model is built for.
+    pub fn spec(&self) -> crate::model::ModelSpec {
+        crate::model::ModelSpec {
+            arch: self.model,
+            input: self.input,
+            classes: self.classes,
+        }
+    }
+}
 
 /// Where the data of a job comes from.
 pub enum Source<'a> {
@@ -124,7 +152,7 @@ pub fn run(
             evidence,
         } => {
             let store = Store::open(dataset, false)?;
-            let claimed = blindfold_owner::dataset::claimed_id(&store)?;
+            let claimed = blindfold_dataset::claimed_id(&store)?;
             let released = blindfold_attest::fetch_key(broker, &claimed.to_hex(), evidence)?;
             if released.dataset_id != claimed.to_hex() {
                 return Err(Error::Broker(blindfold_attest::Error::BadReply(
@@ -272,15 +300,14 @@ fn write_outputs(
     trained: &Trained,
     facts: &serde_json::Value,
 ) -> Result<Vec<String>> {
-    // A random id shared by this job's two outputs: the owner opens a model only with
-    // the metrics the same job wrote, not another job's of the same dataset.
     let run: [u8; 16] = blindfold_format::random_bytes().map_err(|e| Error::Bug(e.to_string()))?;
-    let info = json!({
-        "model": trained.spec.arch.name(),
-        "input": trained.spec.input,
-        "classes": trained.spec.classes,
-        "run": hex::encode(run),
-    });
+    let info = serde_json::to_value(OutputInfo {
+        model: trained.spec.arch,
+        input: trained.spec.input,
+        classes: trained.spec.classes,
+        run: hex::encode(run),
+    })
+    .map_err(|e| Error::Bug(e.to_string()))?;
     let model = sealer.seal(
         "model",
         "burnpack",

@@ -10,11 +10,13 @@
 //! - [`train`]: the training loop and evaluation.
 //! - [`device`]: where training runs; the GPU path decrypts records in device memory.
 //! - [`job`]: a whole job from key to sealed outputs; process hardening.
+//! - [`eval`]: trained weights on a plaintext test set (the owner's `eval`).
 #![forbid(unsafe_code)]
 
 pub mod data;
 pub mod device;
 mod error;
+pub mod eval;
 pub mod job;
 pub mod model;
 pub mod train;

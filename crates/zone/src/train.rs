@@ -57,6 +57,20 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Reads a configuration file: JSON, as a job saves it in `train.json` (under
+    /// `"config"`), or TOML with the same fields.
+    pub fn from_file(path: &std::path::Path) -> Result<TrainConfig> {
+        let bad = |what: String| Error::BadInput(format!("{}: {what}", path.display()));
+        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .or_else(|_| toml::from_str::<serde_json::Value>(&text))
+            .map_err(|e| bad(format!("neither JSON nor TOML: {e}")))?;
+        // train.json wraps the configuration in "config".
+        let v = v.get("config").cloned().unwrap_or(v);
+        serde_json::from_value(v).map_err(|e| bad(e.to_string()))
+    }
+
     /// Checks the values are usable.
     pub fn check(&self) -> Result<()> {
         if self.epochs == 0 || self.epochs > 10_000 {

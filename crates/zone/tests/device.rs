@@ -57,7 +57,7 @@ impl Sealed {
     }
 
     fn open(&self) -> SealedDataset {
-        SealedDataset::open(&self.ks, Store::open(&self.location(), false).unwrap()).unwrap()
+        blindfold_owner::open(&self.ks, Store::open(&self.location(), false).unwrap()).unwrap()
     }
 
     fn plain(&self) -> Dataset {

@@ -79,11 +79,16 @@ impl World {
 
     /// The sealed dataset as the owner opens it.
     fn owner_view(&self) -> SealedDataset {
-        SealedDataset::open(&self.ks, Store::open(&self.sealed(), false).unwrap()).unwrap()
+        blindfold_owner::open(&self.ks, Store::open(&self.sealed(), false).unwrap()).unwrap()
     }
 
     fn register(&self, policy: &str) {
-        let (id, key, digest, version) = self.owner_view().broker_registration();
+        let blindfold_owner::Release {
+            dataset_id: id,
+            key,
+            manifest_sha256: digest,
+            version,
+        } = blindfold_owner::release(&self.owner_view());
         let body = serde_json::json!({
             "dataset_id": id,
             "key": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key[..]),
@@ -245,7 +250,8 @@ fn outputs_open_only_with_the_owner_key_and_load_in_burn() {
     assert_eq!(header.info["model"], "lenet5");
     // The output names the dataset, version and manifest it was trained on.
     let src = header.source.clone().unwrap();
-    let (id, _, digest, version) = w.owner_view().broker_registration();
+    let rel = blindfold_owner::release(&w.owner_view());
+    let (id, digest, version) = (rel.dataset_id.clone(), rel.manifest_sha256, rel.version);
     assert_eq!(
         (src.dataset_id, src.version, src.manifest_sha256),
         (id, version, hex::encode(digest))
@@ -330,7 +336,7 @@ fn no_file_written_by_a_job_holds_a_plaintext_record() {
 fn a_tampered_chunk_stops_training_with_shard_and_chunk() {
     let w = World::new();
     w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
-    let ds = SealedDataset::open(&w.ks, Store::open(&w.sealed(), false).unwrap()).unwrap();
+    let ds = blindfold_owner::open(&w.ks, Store::open(&w.sealed(), false).unwrap()).unwrap();
     let shard = w
         .path("sealed")
         .join(&ds.manifest().splits[0].shards[0].path);
@@ -340,7 +346,7 @@ fn a_tampered_chunk_stops_training_with_shard_and_chunk() {
     std::fs::write(&shard, bytes).unwrap();
     let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
     match &err {
-        Error::Data(e @ blindfold_owner::Error::Integrity { .. }) => {
+        Error::Data(e @ blindfold_dataset::Error::Integrity { .. }) => {
             let s = e.to_string();
             assert!(s.contains("shard train/0"), "{s}");
             assert!(s.contains("chunk"), "{s}");
@@ -356,7 +362,7 @@ fn a_broker_denial_stops_the_job_before_any_data_is_read() {
     w.register("tee = [\"sample\"]\njobs = [\"someone-else\"]\n");
     // Remove every shard: a job that read any data before asking for the key would
     // fail on a missing shard instead of the denial.
-    let ds = SealedDataset::open(&w.ks, Store::open(&w.sealed(), false).unwrap()).unwrap();
+    let ds = blindfold_owner::open(&w.ks, Store::open(&w.sealed(), false).unwrap()).unwrap();
     for s in &ds.manifest().splits {
         for e in &s.shards {
             std::fs::remove_file(w.path("sealed").join(&e.path)).unwrap();
@@ -405,7 +411,10 @@ fn a_dataset_rolled_back_after_registration_is_refused() {
     std::fs::write(w.path("sealed/manifest.bfm"), old_manifest).unwrap();
     let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
     assert!(
-        matches!(err, Error::Data(blindfold_owner::Error::RolledBack { .. })),
+        matches!(
+            err,
+            Error::Data(blindfold_dataset::Error::RolledBack { .. })
+        ),
         "{err}"
     );
 }

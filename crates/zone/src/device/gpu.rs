@@ -8,9 +8,9 @@
 //! sealed with the `chacha20-poly1305` suite. Anything else is refused with a message
 //! that says to use the CPU path.
 
+use blindfold_dataset::SealedDataset;
 use blindfold_format::{DType, Schema, Suite};
 use blindfold_gpu::{Batch as Chunks, Key, Opened, Records};
-use blindfold_owner::SealedDataset;
 use burn::backend::Autodiff;
 use burn::tensor::{ElementConversion, Int, Shape, Tensor, TensorPrimitive};
 use burn_cubecl::tensor::CubeTensor;
@@ -113,7 +113,7 @@ fn pack_sealed(ds: &SealedDataset, name: &str, elements: usize) -> Result<Option
     ds.for_each_sealed_shard(split, |sh| {
         let h = &sh.header;
         if h.params.suite != Suite::ChaCha20Poly1305 {
-            return Err(blindfold_owner::Error::BadInput(format!(
+            return Err(Error::BadInput(format!(
                 "{}: sealed with {}; the GPU path decrypts chacha20-poly1305 only (seal with --suite chacha20-poly1305, or use --device cpu)",
                 sh.at, h.params.suite
             )));
@@ -121,22 +121,20 @@ fn pack_sealed(ds: &SealedDataset, name: &str, elements: usize) -> Result<Option
         let key = chunks.add_key(Key::new(sh.payload_key));
         let aad = chunks
             .add_aad(&sh.digest)
-            .map_err(|e| blindfold_owner::Error::Bug(e.to_string()))?;
+            .map_err(|e| Error::Bug(e.to_string()))?;
         for i in 0..h.chunk_count() {
             let range = h.chunk_range(i);
             let sealed = sh
                 .bytes
                 .get(range.start as usize..range.end as usize)
-                .ok_or_else(|| blindfold_owner::Error::Bug("chunk outside its shard".into()))?;
+                .ok_or_else(|| Error::Bug("chunk outside its shard".into()))?;
             let place = chunks
                 .add_chunk(key, aad, h.chunk_nonce(i), sealed)
-                .map_err(|e| blindfold_owner::Error::BadInput(e.to_string()))?;
+                .map_err(|e| Error::BadInput(e.to_string()))?;
             for r in 0..place.len / rs {
                 let at = place.offset + r * rs;
                 offsets.push(u32::try_from(at).map_err(|_| {
-                    blindfold_owner::Error::BadInput(
-                        "a split of more than 4 GiB does not fit the GPU path".into(),
-                    )
+                    Error::BadInput("a split of more than 4 GiB does not fit the GPU path".into())
                 })?);
             }
             origins.push(Origin {
@@ -164,7 +162,7 @@ fn pack_sealed(ds: &SealedDataset, name: &str, elements: usize) -> Result<Option
 /// The error the CPU path gives for a chunk whose tag fails: the shard and the chunk.
 fn tampered(origins: &[Origin], chunk: usize) -> Error {
     match origins.get(chunk) {
-        Some(o) => blindfold_owner::Error::sealed(
+        Some(o) => blindfold_dataset::Error::sealed(
             o.at.clone(),
             blindfold_format::Error::Tampered {
                 object: o.object.clone(),
@@ -466,7 +464,7 @@ pub(crate) fn throughput<R: CubeRuntime>(
             train: split.into(),
             test: String::new(),
         },
-        &blindfold_owner::NoProgress,
+        &blindfold_dataset::NoProgress,
     )?;
     let identical_to_cpu = device_records[..] == cpu.train.bytes()[..];
     drop(cpu);

@@ -1,7 +1,7 @@
 //! Where training runs: the CPU (records decrypted in host memory) or a GPU (records
 //! decrypted in device memory, see [`gpu`] when built with `wgpu` or `cuda`).
 
-use blindfold_owner::SealedDataset;
+use blindfold_dataset::SealedDataset;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Splits};

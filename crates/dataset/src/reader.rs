@@ -2,7 +2,6 @@
 //! the version the owner recorded, then stream or randomly access shards, checking every
 //! header against the manifest and every chunk's tag before releasing its plaintext.
 
-use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use blindfold_format::{
@@ -14,9 +13,11 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::import::{exporter, OutputSet};
-use crate::keystore::KeyStore;
 use crate::Progress;
+
+/// The sealed-metadata field holding the owner's X25519 public key (hex), to which
+/// trained models and metrics are sealed (`seal` writes it, a training job reads it).
+pub const OWNER_PUBLIC_FIELD: &str = "owner_public";
 
 /// Bytes fetched from storage in one read while streaming a shard.
 const BATCH_BYTES: u64 = 8 << 20;
@@ -30,7 +31,14 @@ pub struct Expected {
     pub manifest_sha256: [u8; 32],
 }
 
-/// Why a manifest that authenticates under the key is still not the expected one.
+impl Expected {
+    /// Why a manifest of `found` version and `digest`, authenticated under the key, is
+    /// still not this one; `None` when it is.
+    pub fn mismatch(&self, found: u64, digest: &[u8; 32]) -> Option<String> {
+        version_mismatch(found, digest, self)
+    }
+}
+
 fn version_mismatch(found: u64, digest: &[u8; 32], exp: &Expected) -> Option<String> {
     use std::cmp::Ordering;
     match found.cmp(&exp.version) {
@@ -118,35 +126,6 @@ pub fn claimed_id(store: &Store) -> Result<DatasetId> {
 }
 
 impl SealedDataset {
-    /// Opens the dataset at `store` with the key the owner's key store holds for it, and
-    /// checks the manifest against what the key store recorded: the latest version, or
-    /// a newer one this key store sealed whose manifest it had not yet confirmed written
-    /// (then the record advances). Anything else is refused: an older version (rollback),
-    /// another manifest of a version (fork), or a version this key store never sealed
-    /// (one made by another holder of the dataset key, a training job say).
-    pub fn open(ks: &KeyStore, store: Store) -> Result<Self> {
-        let id = claimed_id(&store)?;
-        let (rec, key) = ks.dataset(&id)?;
-        let recorded = Expected {
-            version: rec.version,
-            manifest_sha256: hex::decode(&rec.manifest_sha256)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or_else(|| Error::KeyStore("damaged record: manifest digest".into()))?,
-        };
-        let ds = Self::open_with_key(store, key, None)?;
-        let (version, digest) = (ds.manifest.version, ds.manifest_sha256);
-        if version > rec.version && rec.published(version, &digest) {
-            ks.set_version(&id, version, &digest)?;
-        } else if let Some(what) = version_mismatch(version, &digest, &recorded) {
-            return Err(Error::RolledBack {
-                location: ds.store.location().to_owned(),
-                what,
-            });
-        }
-        Ok(ds)
-    }
-
     /// Opens the dataset at `store` with `key`. With `expected`, the manifest must be
     /// exactly that version and digest: an older one is a rollback, another one of the
     /// same version a fork, a newer one unregistered.
@@ -183,20 +162,9 @@ impl SealedDataset {
         self.manifest_sha256
     }
 
-    /// The dataset key (owner side only).
-    pub(crate) fn key(&self) -> &DatasetKey {
+    /// The dataset key it was opened with.
+    pub fn key(&self) -> &DatasetKey {
         &self.key
-    }
-
-    /// What the owner hands the key broker at registration: the key, and the manifest
-    /// digest and version the trainer must see (rollback protection).
-    pub fn broker_registration(&self) -> (String, zeroize::Zeroizing<[u8; 32]>, [u8; 32], u64) {
-        (
-            self.manifest.dataset_id.to_hex(),
-            zeroize::Zeroizing::new(*self.key.expose_secret()),
-            self.manifest_sha256,
-            self.manifest.version,
-        )
     }
 
     /// The store.
@@ -219,7 +187,7 @@ impl SealedDataset {
     /// cloud cannot substitute its own.
     pub fn owner_public(&self) -> Result<[u8; 32]> {
         self.metadata()?
-            .get(crate::seal::OWNER_PUBLIC_FIELD)
+            .get(OWNER_PUBLIC_FIELD)
             .and_then(|v| v.as_str())
             .and_then(|h| hex::decode(h).ok())
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
@@ -293,11 +261,11 @@ impl SealedDataset {
     /// header (checked against the manifest and the object's size), header digest, raw
     /// payload key and whole object bytes. Nothing is decrypted here: this feeds a
     /// decryptor elsewhere (the device kernel), which must check every chunk's tag.
-    pub fn for_each_sealed_shard(
+    pub fn for_each_sealed_shard<E: From<Error>>(
         &self,
         split: &Split,
-        mut f: impl FnMut(SealedShard) -> Result<()>,
-    ) -> Result<()> {
+        mut f: impl FnMut(SealedShard) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         for entry in &split.shards {
             let opener = self.open_shard(split, entry)?;
             let at = self.at(&entry.path);
@@ -307,7 +275,8 @@ impl SealedDataset {
             let size = opener.header().shard_len();
             let mut bytes = Vec::new();
             self.store
-                .get_range_into(&entry.path, 0..size, &mut bytes)?;
+                .get_range_into(&entry.path, 0..size, &mut bytes)
+                .map_err(Error::from)?;
             if bytes.len() as u64 != size {
                 return Err(Error::sealed(
                     &at,
@@ -315,7 +284,8 @@ impl SealedDataset {
                         object: opener.header().object(),
                         what: format!("{} bytes read, header says {size}", bytes.len()),
                     },
-                ));
+                )
+                .into());
             }
             f(SealedShard {
                 at,
@@ -331,12 +301,12 @@ impl SealedDataset {
     /// Streams the plaintext of every record of `split`, chunk by chunk, in order. `f`
     /// sees only authenticated plaintext. Storage reads run one batch ahead on a helper
     /// thread.
-    pub fn for_each_chunk(
+    pub fn for_each_chunk<E: From<Error>>(
         &self,
         split: &Split,
         progress: &dyn Progress,
-        mut f: impl FnMut(&[u8]) -> Result<()>,
-    ) -> Result<()> {
+        mut f: impl FnMut(&[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         for entry in &split.shards {
             let opener = self.open_shard(split, entry)?;
             let h = opener.header().clone();
@@ -345,7 +315,7 @@ impl SealedDataset {
             let per_batch = (BATCH_BYTES / (h.chunk_plain_len() + TAG_LEN as u64)).max(1);
             // Reading and opening run on a helper thread, one batch ahead of `f`, so
             // storage reads and decryption overlap with what `f` does (writing files).
-            std::thread::scope(|s| -> Result<()> {
+            std::thread::scope(|s| -> std::result::Result<(), E> {
                 // Every buffer that ever holds plaintext is zeroizing: wiped when it is
                 // dropped, whether after use or on an error halfway through a batch.
                 type Buf = Zeroizing<Vec<u8>>;
@@ -422,7 +392,7 @@ impl SealedDataset {
         for split in &self.manifest.splits {
             self.for_each_chunk(split, progress, |pt| {
                 report.plaintext_bytes += pt.len() as u64;
-                Ok(())
+                Ok::<(), Error>(())
             })?;
             let rpc = self.manifest.records_per_chunk as u64;
             report.chunks += split
@@ -435,29 +405,6 @@ impl SealedDataset {
         }
         progress.end();
         Ok(report)
-    }
-
-    /// Decrypts the whole dataset into the original files under `dir`. Files appear
-    /// only once every chunk has been verified; on any error none is left behind.
-    pub fn open_to_dir(
-        &self,
-        dir: &Path,
-        force: bool,
-        progress: &dyn Progress,
-    ) -> Result<Vec<PathBuf>> {
-        let meta = self.metadata()?;
-        let mut exp = exporter(&meta, &self.manifest.schema)?;
-        let mut out = OutputSet::new(dir, force)?;
-        let total: u64 = self.manifest.total_records() * self.manifest.schema.record_size() as u64;
-        progress.begin("opening", total);
-        for split in &self.manifest.splits {
-            exp.begin_split(&mut out, &split.name, split.records)?;
-            self.for_each_chunk(split, progress, |pt| exp.records(&mut out, pt))?;
-            exp.end_split(&mut out)?;
-        }
-        let files = out.commit()?;
-        progress.end();
-        Ok(files)
     }
 
     /// Random access: records `[start, start + count)` of `split`, reading only the

@@ -11,14 +11,14 @@ fn importers_corpus() {
         .collect();
     assert!(!seeds.is_empty());
     for seed in seeds {
-        blindfold_owner::import::fuzz(&seed);
+        blindfold_dataset::import::fuzz(&seed);
         for i in 0..seed.len() {
             for v in [0u8, 0xff, seed[i] ^ 1] {
                 let mut m = seed.clone();
                 m[i] = v;
-                blindfold_owner::import::fuzz(&m);
+                blindfold_dataset::import::fuzz(&m);
             }
-            blindfold_owner::import::fuzz(&seed[..i]);
+            blindfold_dataset::import::fuzz(&seed[..i]);
         }
     }
 }
