@@ -88,45 +88,12 @@ pub struct FetchOptions {
     pub insecure_http: bool,
 }
 
-/// Whether a URL's host is a loopback address.
-fn loopback_host(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 impl FetchOptions {
-    /// Checks the broker URL's scheme: `https://`, or `http://` with `insecure_http`.
+    /// Checks the broker URL's scheme: `https://`, or `http://` to a loopback address
+    /// with `insecure_http` ([`blindfold_protocol::check_broker_url`]).
     pub fn check(&self) -> Result<(), Error> {
-        if self.broker.starts_with("https://") {
-            return Ok(());
-        }
-        if self.broker.starts_with("http://") {
-            if self.insecure_http && loopback_host(&self.broker) {
-                return Ok(());
-            }
-            if self.insecure_http {
-                return Err(Error::BadInput(format!(
-                    "broker {}: plain HTTP is allowed only to a loopback address, even with --insecure-http",
-                    self.broker
-                )));
-            }
-            return Err(Error::BadInput(format!(
-                "broker {}: plain HTTP is refused (nothing authenticates the broker); use https://, or --insecure-http for a test broker on loopback",
-                self.broker
-            )));
-        }
-        Err(Error::BadInput(format!(
-            "broker {}: not an https:// URL",
-            self.broker
-        )))
+        blindfold_protocol::check_broker_url(&self.broker, self.insecure_http)
+            .map_err(Error::BadInput)
     }
 }
 

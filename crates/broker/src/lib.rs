@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod db;
 mod error;
 pub mod fuzz;

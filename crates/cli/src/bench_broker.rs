@@ -134,23 +134,16 @@ fn pct(v: &[f64], p: f64) -> f64 {
 
 fn register(url: &str, dir: &std::path::Path, id: &str) -> Result<(), Error> {
     let token = std::fs::read_to_string(dir.join("admin.token")).map_err(bug)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(bug)?;
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!("{url}/admin/v0/datasets"))
-            .bearer_auth(token.trim())
-            .json(&json!({"dataset_id": id, "key": STANDARD.encode([9u8; 32]), "manifest_sha256": "cd".repeat(32), "version": 1, "policy": "tee = [\"sample\"]\n"}))
-            .send()
-            .await
-            .map_err(bug)?;
-        if !r.status().is_success() {
-            return Err(Error::Bug(format!("register: HTTP {}", r.status())));
-        }
-        Ok(())
-    })
+    blindfold_broker::client::AdminClient::new(url, &token, None, true)
+        .map_err(bug)?
+        .register(&blindfold_broker::Registration {
+            dataset_id: id.into(),
+            key: STANDARD.encode([9u8; 32]),
+            manifest_sha256: "cd".repeat(32),
+            version: 1,
+            policy: "tee = [\"sample\"]\n".into(),
+        })
+        .map_err(bug)
 }
 
 fn audit_counts(dir: &std::path::Path) -> Result<(u64, u64, bool), Error> {

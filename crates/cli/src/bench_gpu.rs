@@ -11,9 +11,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::bench_train::{alternate, summary, Setup};
-use crate::progress::Bars;
-use crate::train::{DeviceArg, ModelArg};
 use crate::Failure;
+use blindfold_job::{Bars, DeviceArg, ModelArg};
 
 #[derive(Args)]
 pub struct BenchGpuArgs {

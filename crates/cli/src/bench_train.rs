@@ -15,9 +15,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::local_broker::LocalBroker;
-use crate::progress::Bars;
-use crate::train::{epoch_line, EpochBars, ModelArg};
 use crate::Failure;
+use blindfold_job::{epoch_line, Bars, EpochBars, ModelArg};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -98,7 +97,7 @@ impl Setup {
             },
             bars,
         )?;
-        let ds = SealedDataset::open(&ks, Store::open(&sealed, false)?)?;
+        let ds = blindfold_owner::open(&ks, Store::open(&sealed, false)?)?;
         let broker = LocalBroker::start(&tmp.path().join("broker"))?;
         broker.register(&ds, "tee = [\"sample\"]\njobs = [\"bench\"]\n")?;
         let opts = broker.fetch_options("bench");

@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use blindfold_attest::{EvidenceSource, FetchOptions};
+use blindfold_attest::FetchOptions;
 use blindfold_broker::{BrokerDir, Registration, Settings};
-use blindfold_protocol::errors::{ErrorBody, ErrorCode};
+use blindfold_job::EvidenceArgs;
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
-use crate::fault::{self, Failure, Fault};
+use crate::fault::{Failure, Fault};
 
 #[derive(Subcommand)]
 pub enum BrokerCmd {
@@ -164,40 +163,6 @@ pub struct FetchArgs {
     insecure_http: bool,
 }
 
-/// Where a training job's evidence comes from (`train`, `broker fetch-key`).
-#[derive(Args)]
-pub struct EvidenceArgs {
-    /// Evidence: `tsm` (SEV-SNP or TDX guest, via configfs-tsm) or `sample` (no hardware
-    /// root of trust; only policies that name it accept it).
-    #[arg(long, default_value = "tsm", value_parser = ["tsm", "sample"])]
-    tee: String,
-    /// Measurement to declare with `--tee sample`.
-    #[arg(long, value_name = "HEX")]
-    measurement: Option<String>,
-    /// TDX: quote collateral (JSON, dcap-qvl's QuoteCollateralV3 form) to send with the
-    /// quote, for a broker that holds none for this platform (`broker tdx-collateral`).
-    #[arg(long, value_name = "FILE")]
-    tdx_collateral: Option<PathBuf>,
-}
-
-impl EvidenceArgs {
-    /// The evidence source these arguments name.
-    pub fn source(&self) -> Result<EvidenceSource, Failure> {
-        let bad = |e: blindfold_attest::Error| Failure::bad_input(e.to_string());
-        let src = match self.tee.as_str() {
-            "sample" => EvidenceSource::InsecureSample {
-                measurement: self.measurement.clone(),
-            },
-            _ => EvidenceSource::detect(Path::new(blindfold_attest::evidence::TSM_ROOT))
-                .map_err(bad)?,
-        };
-        match &self.tdx_collateral {
-            Some(f) => src.with_tdx_collateral(f).map_err(bad),
-            None => Ok(src),
-        }
-    }
-}
-
 fn read(p: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(p).map_err(|e| Failure::bad_input(format!("{}: {e}", p.display())))
 }
@@ -226,55 +191,15 @@ fn admin_parts(a: &AdminArgs) -> Result<(String, Option<Vec<u8>>), Failure> {
     Ok((token, ca))
 }
 
-/// A call of the broker's admin API. Network failures are I/O faults; an error reply
-/// is sorted by its code (a conflict or a wrong token is the broker refusing).
-fn admin_call(a: &AdminArgs, path: &str, body: &Value) -> Result<Value, Failure> {
+/// The admin API client these arguments name.
+fn admin_client(a: &AdminArgs) -> Result<blindfold_broker::client::AdminClient, Failure> {
     let (token, ca) = admin_parts(a)?;
-    let opts = FetchOptions {
-        broker: a.broker.clone(),
-        ca_cert_pem: ca,
-        insecure_http: a.insecure_http,
-        ..FetchOptions::default()
-    };
-    opts.check()?;
-    let client = blindfold_attest::client(&opts)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Failure::bug)?;
-    let url = format!("{}{path}", a.broker.trim_end_matches('/'));
-    rt.block_on(async {
-        let r = client
-            .post(&url)
-            .bearer_auth(&token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| Failure::new(Fault::Io, format!("{url}: {e}")))?;
-        let status = r.status();
-        let text = r
-            .text()
-            .await
-            .map_err(|e| Failure::new(Fault::Io, format!("{url}: {e}")))?;
-        if status.is_success() {
-            return serde_json::from_str(&text)
-                .map_err(|e| Failure::new(Fault::Io, format!("{url}: reply: {e}")));
-        }
-        let body = serde_json::from_str::<ErrorBody>(&text).ok();
-        let code = body.as_ref().and_then(ErrorCode::from_body);
-        let detail = body.map(|b| b.detail).unwrap_or_default();
-        Err(match code {
-            Some(c) => Failure::new(
-                fault::of_code(c),
-                format!(
-                    "{url}: the broker answered {} {}: {detail}",
-                    status.as_u16(),
-                    c.name()
-                ),
-            ),
-            None => Failure::new(Fault::Io, format!("{url}: HTTP {status}")),
-        })
-    })
+    Ok(blindfold_broker::client::AdminClient::new(
+        &a.broker,
+        &token,
+        ca.as_deref(),
+        a.insecure_http,
+    )?)
 }
 
 /// A sealed dataset's release object: what the broker hands an attested job (dataset
@@ -283,8 +208,13 @@ fn release_object(
     ks: &blindfold_owner::KeyStore,
     dest: &str,
 ) -> Result<blindfold_protocol::Release, Failure> {
-    let ds = blindfold_owner::SealedDataset::open(ks, blindfold_store::Store::open(dest, false)?)?;
-    let (dataset_id, key, digest, version) = ds.broker_registration();
+    let ds = blindfold_owner::open(ks, blindfold_store::Store::open(dest, false)?)?;
+    let blindfold_owner::Release {
+        dataset_id,
+        key,
+        manifest_sha256: digest,
+        version,
+    } = blindfold_owner::release(&ds);
     Ok(blindfold_protocol::Release {
         dataset_id,
         key: STANDARD.encode(&key[..]),
@@ -372,8 +302,7 @@ pub fn run(
                 version,
                 policy: text,
             };
-            let body = serde_json::to_value(&reg).map_err(Failure::bug)?;
-            admin_call(&admin, "/admin/v0/datasets", &body)?;
+            admin_client(&admin)?.register(&reg)?;
             for w in p.warnings() {
                 eprintln!("warning: {w}");
             }
@@ -403,11 +332,7 @@ pub fn run(
             );
         }
         BrokerCmd::Revoke { dataset, admin } => {
-            admin_call(
-                &admin,
-                &format!("/admin/v0/datasets/{dataset}/revoke"),
-                &Value::Null,
-            )?;
+            admin_client(&admin)?.revoke(&dataset)?;
             println!("revoked {dataset}");
         }
         BrokerCmd::TdxCollateral { dir, files } => {

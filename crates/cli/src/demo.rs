@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use blindfold_owner::import::{import, Format, ImportOptions};
-use blindfold_owner::{Error, KeyStore, NoProgress, SealOptions, SealedDataset};
+use blindfold_owner::{Error, KeyStore, NoProgress, SealOptions};
 use blindfold_store::Store;
 
 use blindfold_zone::data::Splits;
@@ -16,9 +16,9 @@ use blindfold_zone::model::{self, Arch};
 use blindfold_zone::train::TrainConfig;
 
 use crate::local_broker::LocalBroker;
-use crate::progress::Bars;
-use crate::train::{evaluate, open_model, EpochBars};
 use crate::Failure;
+use blindfold_job::Bars;
+use blindfold_job::EpochBars;
 
 /// What the demo trains.
 pub struct DemoTraining {
@@ -170,7 +170,7 @@ pub fn run(
 
     eprintln!("4. owner: verify every chunk");
     let t = Instant::now();
-    let ds = SealedDataset::open(&ks, Store::open(sealed_s, false)?)?;
+    let ds = blindfold_owner::open(&ks, Store::open(sealed_s, false)?)?;
     let v = ds.verify(bars)?;
     let verify_s = t.elapsed().as_secs_f64();
 
@@ -242,14 +242,16 @@ pub fn run(
 
     eprintln!("8. owner: open the sealed model and evaluate it on the test set");
     let weights = workdir.join("model.safetensors");
-    let model = open_model(&ks, model_s, Some(&report.dataset_id.to_hex()), false)?;
-    let (spec, burnpack) = (model.spec, model.weights);
+    let outputs =
+        blindfold_owner::open_job_outputs(&ks, model_s, Some(&report.dataset_id.to_hex()), false)?;
+    let spec = blindfold_zone::job::OutputInfo::from_header(&outputs.header)?.spec();
+    let burnpack = outputs.model;
     let net = spec.from_burnpack::<blindfold_zone::model::Cpu>(&burnpack, &Default::default())?;
     io(
         &weights,
         fs::write(&weights, &model::to_safetensors(&net, &spec)?[..]),
     )?;
-    let eval = evaluate(&weights, data, None, "test")?;
+    let eval = blindfold_zone::eval::evaluate(&weights, data, None, "test")?;
 
     eprintln!("9. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
     copy_dir(&sealed, &tampered)?;
@@ -258,11 +260,11 @@ pub fn run(
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
     io(&shard, fs::write(&shard, &bytes))?;
-    let refused = match SealedDataset::open(
+    let refused = match blindfold_owner::open(
         &ks,
         Store::open(tampered.to_str().unwrap_or_default(), false)?,
     )
-    .and_then(|d| d.verify(&NoProgress))
+    .and_then(|d| d.verify(&NoProgress).map_err(Error::from))
     {
         Err(e @ Error::Integrity { .. }) => e.to_string(),
         Err(e) => {
@@ -274,7 +276,7 @@ pub fn run(
 
     eprintln!("10. owner: open the sealed copy and compare with the originals");
     let t = Instant::now();
-    let files = ds.open_to_dir(&opened, false, bars)?;
+    let files = blindfold_owner::open_to_dir(&ds, &opened, false, bars)?;
     let open_s = t.elapsed().as_secs_f64();
     let mut identical = 0;
     for name in FILES {

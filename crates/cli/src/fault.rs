@@ -1,163 +1,41 @@
-//! One fault per exit status. Every crate's error converts to a [`Failure`] here, each by
-//! an exhaustive match (no catch-all arm: a new error variant does not compile until it
-//! is given its fault), and `--help`'s exit-status table is written from [`Fault::ALL`].
+//! The CLI's failures: the job crate's [`Fault`] table and conversions
+//! (`blindfold_job::fault`), plus the errors only the owner's tools and the broker meet.
+//! Each converts by an exhaustive match, with no catch-all arm.
 
-use blindfold_protocol::errors::ErrorCode;
+use blindfold_job::fault::of_store;
+pub use blindfold_job::fault::Fault;
 
-/// Who is at fault when a command fails, one exit status each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Fault {
-    /// The command line, an input file, a policy, or an output that already exists.
-    BadInput,
-    /// Sealed data or a sealed output failed a check: tampering, truncation, a wrong
-    /// key, a malformed or foreign object, a rolled-back or unregistered version, a
-    /// broken audit chain, a broker reply that does not decrypt.
-    Integrity,
-    /// The owner's key store: missing, locked, damaged, or without the dataset's key.
-    KeyStore,
-    /// Reading or writing files, storage, the network or a device failed.
-    Io,
-    /// The key broker refused: policy, revocation, evidence, an unknown dataset.
-    Denied,
-    /// A bug in blindfold.
-    Internal,
-}
-
-impl Fault {
-    /// Every fault, in the order of their exit statuses.
-    pub const ALL: [Fault; 6] = [
-        Fault::BadInput,
-        Fault::Integrity,
-        Fault::KeyStore,
-        Fault::Io,
-        Fault::Denied,
-        Fault::Internal,
-    ];
-
-    /// The exit status.
-    pub fn code(self) -> u8 {
-        match self {
-            Fault::BadInput => 3,
-            Fault::Integrity => 4,
-            Fault::KeyStore => 5,
-            Fault::Io => 6,
-            Fault::Denied => 7,
-            Fault::Internal => 70,
-        }
-    }
-
-    /// What the status means, for `--help`.
-    pub fn meaning(self) -> &'static str {
-        match self {
-            Fault::BadInput => "bad input (arguments, files, a policy, an output that exists)",
-            Fault::Integrity => {
-                "integrity failure (tampering, truncation, wrong key, rollback, unregistered version)"
-            }
-            Fault::KeyStore => "key store (missing, locked, damaged, no key for the dataset)",
-            Fault::Io => "I/O, storage, network or device failure",
-            Fault::Denied => "the key broker refused (policy, revocation, evidence, unknown dataset)",
-            Fault::Internal => "internal error (a bug in blindfold)",
-        }
-    }
-}
-
-/// The exit-status table of `--help`.
-pub fn exit_table() -> String {
-    let mut s = String::from(
-        "Exit status:\n  0   success\n  2   usage (unknown option, missing argument)\n",
-    );
-    for f in Fault::ALL {
-        s.push_str(&format!("  {:<3} {}\n", f.code(), f.meaning()));
-    }
-    s
-}
-
-/// A failed command: its fault and the one line printed for it.
+/// A failed command: its fault (the exit status) and the one line printed for it.
 #[derive(Debug)]
-pub struct Failure {
-    /// Who is at fault (the exit status).
-    pub fault: Fault,
-    /// What happened (never plaintext or key material).
-    pub message: String,
-}
+pub struct Failure(pub blindfold_job::Failure);
 
-impl Failure {
-    /// A failure of `fault` saying `message`.
-    pub fn new(fault: Fault, message: impl Into<String>) -> Self {
-        Failure {
-            fault,
-            message: message.into(),
-        }
-    }
-
-    /// Bad input saying `message`.
-    pub fn bad_input(message: impl Into<String>) -> Self {
-        Failure::new(Fault::BadInput, message)
-    }
-
-    /// Our bug, saying `message`.
-    pub fn bug(message: impl std::fmt::Display) -> Self {
-        Failure::new(
-            Fault::Internal,
-            format!("internal error (a bug in blindfold): {message}"),
-        )
+impl std::ops::Deref for Failure {
+    type Target = blindfold_job::Failure;
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+        self.0.fmt(f)
     }
 }
 
-/// The fault of a broker's error reply, by its code.
-pub fn of_code(code: ErrorCode) -> Fault {
-    match code {
-        // Decisions about the job or the request's right to the key.
-        ErrorCode::PolicyDenied
-        | ErrorCode::Revoked
-        | ErrorCode::EvidenceRejected
-        | ErrorCode::ReportDataMismatch
-        | ErrorCode::UnsupportedTee
-        | ErrorCode::NotFound
-        | ErrorCode::Unauthorized
-        | ErrorCode::Conflict => Fault::Denied,
-        // The request was not one the broker takes: what we sent, or were given to send.
-        ErrorCode::MalformedRequest
-        | ErrorCode::ProtocolVersion
-        | ErrorCode::UnsupportedTeeKey
-        | ErrorCode::PayloadTooLarge => Fault::BadInput,
-        // The session broke down or the broker is busy or failing: try again.
-        ErrorCode::TokenNotFound
-        | ErrorCode::SessionExpired
-        | ErrorCode::NonceReplayed
-        | ErrorCode::TooManyRequests
-        | ErrorCode::Internal => Fault::Io,
+impl Failure {
+    /// A failure of `fault` saying `message`.
+    pub fn new(fault: Fault, message: impl Into<String>) -> Self {
+        Failure(blindfold_job::Failure::new(fault, message))
     }
-}
 
-/// The fault of a storage error.
-pub fn of_store(e: &blindfold_store::Error) -> Fault {
-    match e {
-        blindfold_store::Error::NotFound { .. } | blindfold_store::Error::BadLocation(..) => {
-            Fault::BadInput
-        }
-        blindfold_store::Error::Backend { .. } => Fault::Io,
-        blindfold_store::Error::Runtime(_) => Fault::Internal,
+    /// Bad input saying `message`.
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Failure(blindfold_job::Failure::bad_input(message))
     }
-}
 
-/// The fault of a sealed-format error.
-pub fn of_format(e: &blindfold_format::Error) -> Fault {
-    use blindfold_format::Error as F;
-    match e {
-        F::Malformed { .. }
-        | F::Unsupported { .. }
-        | F::WrongKey { .. }
-        | F::Tampered { .. }
-        | F::Length { .. }
-        | F::Mismatch { .. } => Fault::Integrity,
-        F::InvalidArgument(_) | F::Internal(_) => Fault::Internal,
+    /// Our bug, saying `message`.
+    pub fn bug(message: impl std::fmt::Display) -> Self {
+        Failure(blindfold_job::Failure::bug(message))
     }
 }
 
@@ -178,30 +56,6 @@ pub fn of_owner(e: &blindfold_owner::Error) -> Fault {
     }
 }
 
-/// The fault of a key-broker client's error.
-pub fn of_attest(e: &blindfold_attest::Error) -> Fault {
-    use blindfold_attest::Error as A;
-    match e {
-        A::Denied { code, .. } => of_code(*code),
-        A::Transport { .. } => Fault::Io,
-        A::Evidence(_) | A::BadInput(_) => Fault::BadInput,
-        A::BadReply(_) => Fault::Integrity,
-    }
-}
-
-/// The fault of a training job's error.
-pub fn of_zone(e: &blindfold_zone::Error) -> Fault {
-    use blindfold_zone::Error as Z;
-    match e {
-        Z::BadInput(_) => Fault::BadInput,
-        Z::Data(d) => of_owner(d),
-        Z::Store(s) => of_store(s),
-        Z::Broker(b) => of_attest(b),
-        Z::Device(_) => Fault::Io,
-        Z::Bug(_) => Fault::Internal,
-    }
-}
-
 /// The fault of an error of the broker's own operations.
 pub fn of_broker(e: &blindfold_broker::Error) -> Fault {
     use blindfold_broker::Error as B;
@@ -213,23 +67,47 @@ pub fn of_broker(e: &blindfold_broker::Error) -> Fault {
     }
 }
 
-macro_rules! failure_from {
-    ($($t:ty => $f:ident, $prefix:literal;)*) => {$(
+macro_rules! via_job {
+    ($($t:ty),*) => {$(
         impl From<$t> for Failure {
             fn from(e: $t) -> Self {
-                Failure::new($f(&e), format!(concat!($prefix, "{}"), e))
+                Failure(e.into())
             }
         }
     )*};
 }
 
-failure_from! {
-    blindfold_owner::Error => of_owner, "";
-    blindfold_store::Error => of_store, "";
-    blindfold_format::Error => of_format, "";
-    blindfold_attest::Error => of_attest, "key broker: ";
-    blindfold_zone::Error => of_zone, "";
-    blindfold_broker::Error => of_broker, "";
+via_job!(
+    blindfold_job::Failure,
+    blindfold_dataset::Error,
+    blindfold_store::Error,
+    blindfold_format::Error,
+    blindfold_attest::Error,
+    blindfold_zone::Error
+);
+
+impl From<blindfold_owner::Error> for Failure {
+    fn from(e: blindfold_owner::Error) -> Self {
+        Failure::new(of_owner(&e), e.to_string())
+    }
+}
+
+impl From<blindfold_broker::Error> for Failure {
+    fn from(e: blindfold_broker::Error) -> Self {
+        Failure::new(of_broker(&e), e.to_string())
+    }
+}
+
+impl From<blindfold_broker::client::AdminError> for Failure {
+    fn from(e: blindfold_broker::client::AdminError) -> Self {
+        use blindfold_broker::client::AdminError as A;
+        let fault = match &e {
+            A::BadInput(_) => Fault::BadInput,
+            A::Transport { .. } => Fault::Io,
+            A::Refused { code, .. } => blindfold_job::fault::of_code(*code),
+        };
+        Failure::new(fault, e.to_string())
+    }
 }
 
 impl From<blindfold_broker::PolicyError> for Failure {
@@ -241,99 +119,19 @@ impl From<blindfold_broker::PolicyError> for Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
-
-    #[test]
-    fn every_fault_has_its_own_status_and_a_line_in_the_help() {
-        let codes: HashSet<u8> = Fault::ALL.iter().map(|f| f.code()).collect();
-        assert_eq!(codes.len(), Fault::ALL.len());
-        assert!(!codes.contains(&0) && !codes.contains(&1) && !codes.contains(&2));
-        let t = exit_table();
-        for f in Fault::ALL {
-            assert!(
-                t.contains(&format!("  {:<3} {}", f.code(), f.meaning())),
-                "{f:?} missing from\n{t}"
-            );
-        }
-    }
 
     fn io() -> std::io::Error {
         std::io::Error::other("x")
     }
 
     fn store_errors() -> Vec<(blindfold_store::Error, Fault)> {
-        use blindfold_store::Error as S;
+        // One of each fault the storage errors give (the job crate's tests walk them all).
         vec![
             (
-                S::NotFound {
-                    location: "l".into(),
-                    path: "p".into(),
-                },
+                blindfold_store::Error::BadLocation("l".into(), "w".into()),
                 Fault::BadInput,
             ),
-            (S::BadLocation("l".into(), "w".into()), Fault::BadInput),
-            (
-                S::Backend {
-                    location: "l".into(),
-                    op: "get",
-                    path: "p".into(),
-                    source: Box::new(object_store_error()),
-                },
-                Fault::Io,
-            ),
-            (S::Runtime(io()), Fault::Internal),
-        ]
-    }
-
-    fn object_store_error() -> object_store::Error {
-        object_store::Error::Generic {
-            store: "s3",
-            source: Box::new(io()),
-        }
-    }
-
-    fn format_errors() -> Vec<(blindfold_format::Error, Fault)> {
-        use blindfold_format::{Error as F, Object};
-        let o = Object::Manifest;
-        vec![
-            (
-                F::Malformed {
-                    object: o.clone(),
-                    what: "w".into(),
-                },
-                Fault::Integrity,
-            ),
-            (
-                F::Unsupported {
-                    object: o.clone(),
-                    what: "w".into(),
-                },
-                Fault::Integrity,
-            ),
-            (F::WrongKey { object: o.clone() }, Fault::Integrity),
-            (
-                F::Tampered {
-                    object: o.clone(),
-                    what: "w".into(),
-                },
-                Fault::Integrity,
-            ),
-            (
-                F::Length {
-                    object: o.clone(),
-                    what: "w".into(),
-                },
-                Fault::Integrity,
-            ),
-            (
-                F::Mismatch {
-                    object: o,
-                    what: "w".into(),
-                },
-                Fault::Integrity,
-            ),
-            (F::InvalidArgument("w".into()), Fault::Internal),
-            (F::Internal("w"), Fault::Internal),
+            (blindfold_store::Error::Runtime(io()), Fault::Internal),
         ]
     }
 
@@ -393,9 +191,13 @@ mod tests {
         v
     }
 
-    fn attest_errors() -> Vec<(blindfold_attest::Error, Fault)> {
-        use blindfold_attest::Error as A;
-        let mut v = vec![
+    /// Every variant of the errors only the CLI meets, with its fault.
+    #[test]
+    fn every_owner_and_broker_error_variant_has_its_fault() {
+        use blindfold_broker::client::AdminError as A;
+        use blindfold_protocol::errors::ErrorCode;
+        for (e, f) in [
+            (A::BadInput("b".into()), Fault::BadInput),
             (
                 A::Transport {
                     url: "u".into(),
@@ -403,48 +205,28 @@ mod tests {
                 },
                 Fault::Io,
             ),
-            (A::Evidence("e".into()), Fault::BadInput),
-            (A::BadReply("r".into()), Fault::Integrity),
-            (A::BadInput("i".into()), Fault::BadInput),
-        ];
-        for &code in ErrorCode::ALL {
-            v.push((
-                A::Denied {
-                    code,
-                    detail: "d".into(),
+            (
+                A::Refused {
+                    url: "u".into(),
+                    status: 409,
+                    code: ErrorCode::Conflict,
+                    detail: "revoked".into(),
                 },
-                of_code(code),
-            ));
-        }
-        v
-    }
-
-    /// Every variant of every error the CLI meets, with the fault (and so the exit
-    /// status) it must give.
-    #[test]
-    fn every_error_variant_has_its_fault() {
-        for (e, f) in store_errors() {
-            assert_eq!(Failure::from(e).fault, f);
-        }
-        for (e, f) in format_errors() {
+                Fault::Denied,
+            ),
+            (
+                A::Refused {
+                    url: "u".into(),
+                    status: 500,
+                    code: ErrorCode::Internal,
+                    detail: "x".into(),
+                },
+                Fault::Io,
+            ),
+        ] {
             assert_eq!(Failure::from(e).fault, f);
         }
         for (e, f) in owner_errors() {
-            assert_eq!(Failure::from(e).fault, f);
-        }
-        for (e, f) in attest_errors() {
-            assert_eq!(Failure::from(e).fault, f);
-        }
-        use blindfold_zone::Error as Z;
-        let mut zone = vec![
-            (Z::BadInput("x".into()), Fault::BadInput),
-            (Z::Device("d".into()), Fault::Io),
-            (Z::Bug("b".into()), Fault::Internal),
-        ];
-        zone.extend(owner_errors().into_iter().map(|(e, f)| (Z::Data(e), f)));
-        zone.extend(store_errors().into_iter().map(|(e, f)| (Z::Store(e), f)));
-        zone.extend(attest_errors().into_iter().map(|(e, f)| (Z::Broker(e), f)));
-        for (e, f) in zone {
             assert_eq!(Failure::from(e).fault, f);
         }
         use blindfold_broker::Error as B;
@@ -475,22 +257,5 @@ mod tests {
         for (e, f) in broker {
             assert_eq!(Failure::from(e).fault, f);
         }
-    }
-
-    /// A refusal exits 7 whichever command met it (`train` and `broker fetch-key` used to
-    /// differ).
-    #[test]
-    fn a_policy_denial_is_one_status() {
-        let denied = || blindfold_attest::Error::Denied {
-            code: ErrorCode::PolicyDenied,
-            detail: "job".into(),
-        };
-        assert_eq!(Failure::from(denied()).fault.code(), 7);
-        assert_eq!(
-            Failure::from(blindfold_zone::Error::Broker(denied()))
-                .fault
-                .code(),
-            7
-        );
     }
 }

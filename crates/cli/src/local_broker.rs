@@ -14,7 +14,8 @@ pub struct LocalBroker {
     /// The certificate a client must trust.
     pub ca_pem: Vec<u8>,
     admin: String,
-    rt: tokio::runtime::Runtime,
+    /// Serves the broker until dropped.
+    _rt: tokio::runtime::Runtime,
 }
 
 impl LocalBroker {
@@ -47,7 +48,7 @@ impl LocalBroker {
             dir: dir.to_owned(),
             ca_pem,
             admin,
-            rt,
+            _rt: rt,
         })
     }
 
@@ -63,9 +64,19 @@ impl LocalBroker {
 
     /// Registers `ds` (the owner's view of it) under `policy` (TOML) through the admin API.
     pub fn register(&self, ds: &SealedDataset, policy: &str) -> Result<String, Error> {
-        let client = blindfold_attest::client(&self.fetch_options("admin"))
-            .map_err(|e| Error::Bug(e.to_string()))?;
-        let (id, key, digest, version) = ds.broker_registration();
+        let client = blindfold_broker::client::AdminClient::new(
+            &self.url,
+            &self.admin,
+            Some(&self.ca_pem),
+            false,
+        )
+        .map_err(|e| Error::Bug(e.to_string()))?;
+        let blindfold_owner::Release {
+            dataset_id: id,
+            key,
+            manifest_sha256: digest,
+            version,
+        } = blindfold_owner::release(ds);
         let reg = blindfold_broker::Registration {
             dataset_id: id.clone(),
             key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key[..]),
@@ -74,23 +85,9 @@ impl LocalBroker {
             policy: policy.into(),
         };
         drop(key);
-        let url = &self.url;
-        self.rt.block_on(async {
-            let r = client
-                .post(format!("{url}/admin/v0/datasets"))
-                .bearer_auth(&self.admin)
-                .json(&reg)
-                .send()
-                .await
-                .map_err(|e| Error::Bug(e.to_string()))?;
-            if !r.status().is_success() {
-                return Err(Error::Bug(format!(
-                    "registration failed: HTTP {}",
-                    r.status()
-                )));
-            }
-            Ok(())
-        })?;
+        client
+            .register(&reg)
+            .map_err(|e| Error::Bug(format!("registration failed: {e}")))?;
         Ok(id)
     }
 }

@@ -10,21 +10,20 @@ mod broker;
 mod demo;
 mod fault;
 mod local_broker;
-mod progress;
-mod train;
+mod model;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use blindfold_format::{Suite, MANIFEST_NAME};
 use blindfold_owner::import::{Format, ImportOptions};
-use blindfold_owner::{Error, KeyStore, SealOptions, SealedDataset};
+use blindfold_owner::{Error, KeyStore, SealOptions};
 use blindfold_store::Store;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use fault::{Failure, Fault};
 use zeroize::Zeroizing;
 
-use progress::Bars;
+use blindfold_job::Bars;
 
 /// `train --help`'s epilogue.
 fn train_after_help() -> String {
@@ -49,7 +48,7 @@ Where things live:
 {}
 The sealed format is specified in docs/sealed-format.md; what it protects against is
 in docs/threat-model.md.",
-        fault::exit_table()
+        blindfold_job::exit_table()
     )
 }
 
@@ -135,12 +134,12 @@ enum Cmd {
     /// With --plaintext INPUT the same pipeline runs on the owner's unsealed files: the
     /// baseline. Same seed, same data: bit-identical weights.
     #[command(after_help = train_after_help())]
-    Train(Box<train::TrainArgs>),
+    Train(Box<blindfold_job::TrainArgs>),
     /// The owner's side of a trained model.
     #[command(subcommand)]
-    Model(train::ModelCmd),
+    Model(model::ModelCmd),
     /// Evaluate opened weights on a plaintext test set: accuracy and confusion matrix.
-    Eval(train::EvalArgs),
+    Eval(model::EvalArgs),
     /// Run the whole story on Fashion-MNIST, end to end, in a scratch folder.
     ///
     /// Creates a key store, seals Fashion-MNIST (installing Debian's
@@ -297,7 +296,7 @@ struct DemoArgs {
     data: PathBuf,
     /// Model the demo trains.
     #[arg(long, value_enum, default_value = "lenet5")]
-    model: train::ModelArg,
+    model: blindfold_job::ModelArg,
     /// Epochs the demo trains (LeNet-5: about 20 s each here).
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -345,9 +344,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let g = &cli.global;
     let bars = Bars::new(g.quiet);
     match cli.command {
-        Cmd::Train(a) => return train::train(&a, &bars, g.quiet),
-        Cmd::Model(m) => return train::model(&m, &open_keystore(g)?),
-        Cmd::Eval(a) => return train::eval(&a),
+        Cmd::Train(a) => return Ok(blindfold_job::train(&a, &bars, g.quiet)?),
+        Cmd::Model(m) => return model::model(&m, &open_keystore(g)?),
+        Cmd::Eval(a) => return model::eval(&a),
         Cmd::Bench(BenchCmd::Train(a)) => return bench_train::run(&a, &bars, g.quiet),
         Cmd::Bench(BenchCmd::Gpu(a)) => return bench_gpu::run(&a, &bars, g.quiet),
         other => run_owner(other, g, &bars)?,
@@ -456,8 +455,8 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
         }
         Cmd::Open(a) => {
             let ks = open_keystore(g)?;
-            let ds = SealedDataset::open(&ks, Store::open(&a.dest, false)?)?;
-            let files = ds.open_to_dir(&a.out, a.force, bars)?;
+            let ds = blindfold_owner::open(&ks, Store::open(&a.dest, false)?)?;
+            let files = blindfold_owner::open_to_dir(&ds, &a.out, a.force, bars)?;
             for f in files {
                 println!("{}", f.display());
             }
@@ -465,7 +464,7 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
         Cmd::Inspect(a) => inspect(&a)?,
         Cmd::Verify(a) => {
             let ks = open_keystore(g)?;
-            let ds = SealedDataset::open(&ks, Store::open(&a.dest, false)?)?;
+            let ds = blindfold_owner::open(&ks, Store::open(&a.dest, false)?)?;
             let r = ds.verify(bars)?;
             println!(
                 "ok: dataset {} version {}: manifest, {} shards, {} chunks, {} records authenticated",

@@ -735,7 +735,7 @@ fn a_planted_model_is_refused() {
             "model",
             "burnpack",
             source,
-            serde_json::json!({"model": "mlp", "input": [1, 3, 3], "classes": 10}),
+            serde_json::json!({"model": "mlp", "input": [1, 3, 3], "classes": 10, "run": "00"}),
         );
         let sealed =
             blindfold_format::seal_output(&public, &header, key, b"backdoor", "model.sealed")

@@ -31,6 +31,44 @@ pub const RESOURCE_TYPE: &str = "dataset";
 /// Largest request body accepted by the broker.
 pub const MAX_BODY: usize = 1 << 20;
 
+/// Checks a broker URL a client is about to use: `https://`, or `http://` to a loopback
+/// address (127.0.0.0/8, `::1`, `localhost`) when the caller allows plain HTTP
+/// (`--insecure-http`: a test broker). Over plain HTTP nothing authenticates the broker,
+/// and an admin token or a session cookie crosses the network in the clear.
+pub fn check_broker_url(url: &str, insecure_http: bool) -> std::result::Result<(), String> {
+    if url.starts_with("https://") {
+        return Ok(());
+    }
+    if !url.starts_with("http://") {
+        return Err(format!("broker {url}: not an https:// URL"));
+    }
+    if !insecure_http {
+        return Err(format!(
+            "broker {url}: plain HTTP is refused (nothing authenticates the broker); use https://, or --insecure-http for a test broker on loopback"
+        ));
+    }
+    if !loopback_host(url) {
+        return Err(format!(
+            "broker {url}: plain HTTP is allowed only to a loopback address, even with --insecure-http"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a URL's host is a loopback address.
+fn loopback_host(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The resource path of a dataset's key.
 pub fn resource_path(dataset_id_hex: &str) -> String {
     format!("/kbs/v0/resource/{RESOURCE_REPO}/{RESOURCE_TYPE}/{dataset_id_hex}")
