@@ -303,22 +303,9 @@ struct DemoArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("BLINDFOLD_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    blindfold_job::init_logging();
     let cli = Cli::parse();
-    let result = run(cli);
-    // CubeCL's autotune cache of a GPU job (shapes and timings, no data) lives in a
-    // per-process folder: gone when the process is.
-    blindfold_zone::device::remove_runtime_cache();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("blindfold: error: {f}");
-            ExitCode::from(f.fault.code())
-        }
-    }
+    blindfold_job::finish("blindfold", run(cli).map_err(|f| f.0))
 }
 
 fn home(g: &Global) -> PathBuf {

@@ -17,3 +17,26 @@ mod train;
 pub use fault::{exit_table, Failure, Fault};
 pub use progress::{epoch_line, Bars, EpochBars};
 pub use train::{train, DeviceArg, EvidenceArgs, ModelArg, TrainArgs};
+
+/// Logs to stderr, filtered by `$BLINDFOLD_LOG` (off by default).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("BLINDFOLD_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Ends a program run: removes the process's GPU runtime cache, prints a failure as one
+/// line `PROGRAM: error: ...`, and returns its exit status.
+pub fn finish(program: &str, result: Result<(), Failure>) -> std::process::ExitCode {
+    // CubeCL's autotune cache of a GPU job (shapes and timings, no data) lives in a
+    // per-process folder: gone when the process is.
+    blindfold_zone::device::remove_runtime_cache();
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("{program}: error: {f}");
+            std::process::ExitCode::from(f.fault.code())
+        }
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use blindfold_job::{exit_table, train, Bars, TrainArgs};
+use blindfold_job::{exit_table, finish, init_logging, train, Bars, TrainArgs};
 use clap::Parser;
 
 /// Train a model inside the trusted zone on a sealed dataset.
@@ -25,20 +25,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("BLINDFOLD_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
-    let result = train(&cli.train, &Bars::new(cli.quiet), cli.quiet);
-    // CubeCL's autotune cache of a GPU job (shapes and timings, no data) lives in a
-    // per-process folder: gone when the process is.
-    blindfold_zone::device::remove_runtime_cache();
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => {
-            eprintln!("blindfold-job: error: {f}");
-            ExitCode::from(f.fault.code())
-        }
-    }
+    finish(
+        "blindfold-job",
+        train(&cli.train, &Bars::new(cli.quiet), cli.quiet),
+    )
 }
