@@ -454,6 +454,7 @@ pub fn gather_u8(
 }
 
 /// Copies `words` words: the device-to-device bandwidth reference.
+#[cfg(feature = "bench")]
 #[cube(launch)]
 pub fn copy_words(src: &Array<u32>, dst: &mut Array<u32>, words: u32) {
     let pos = CUBE_POS * CUBE_DIM as usize + UNIT_POS as usize;

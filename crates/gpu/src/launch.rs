@@ -278,6 +278,7 @@ impl Uploaded {
     }
 
     /// The ciphertext buffer and its length in words (for a bandwidth reference).
+    #[cfg(feature = "bench")]
     pub fn ciphertext(&self) -> (&Handle, usize) {
         (&self.data, self.words)
     }
@@ -289,6 +290,7 @@ impl Uploaded {
         self.open_times(client, 1)
     }
 
+    #[cfg(feature = "bench")]
     /// For benchmarks: opens the batch `iterations` times into one buffer, back to back
     /// on the device's queue, then checks the last run's tags and wipes the buffer.
     /// The host waits once, so the time measured is the kernel's, not the round trips'.
@@ -430,6 +432,7 @@ pub fn gather_u8<R: Runtime>(
 
 /// Copies `words` 32-bit words from `src` to a new device buffer: the reference for
 /// device memory bandwidth in `blindfold bench gpu`.
+#[cfg(feature = "bench")]
 pub fn copy_words<R: Runtime>(client: &ComputeClient<R>, src: &Handle, words: usize) -> Handle {
     let dst = client.empty(words.max(1) * 4);
     kernel::copy_words::launch::<R>(

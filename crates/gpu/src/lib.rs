@@ -19,9 +19,11 @@ mod launch;
 #[cfg(feature = "cuda")]
 mod probe;
 
+#[cfg(feature = "bench")]
+pub use launch::copy_words;
 pub use launch::{
-    copy_words, gather_u8, open, sync, upload_batch, upload_plaintext, wipe, Batch, ChunkPlace,
-    Opened, Records, Uploaded, MAX_AAD,
+    gather_u8, open, sync, upload_batch, upload_plaintext, wipe, Batch, ChunkPlace, Opened,
+    Records, Uploaded, MAX_AAD,
 };
 #[cfg(feature = "cuda")]
 pub use probe::cuda_ready;

@@ -2,6 +2,7 @@
 //! measures) links no key store, no broker server, no database and no benchmark, in any
 //! of its feature sets. Read from `cargo tree` over the committed lock file.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 /// Packages that must never be in the job's normal dependency graph: the owner's tools
@@ -19,21 +20,27 @@ const FORBIDDEN: &[&str] = &[
     "argon2",
 ];
 
-fn packages(features: &str) -> Vec<String> {
+/// Features that must be off in the job: `bench` brings what `blindfold bench gpu`
+/// times (a copy kernel, repeated opens of the same ciphertext).
+const FORBIDDEN_FEATURES: &[(&str, &str)] =
+    &[("blindfold-zone", "bench"), ("blindfold-gpu", "bench")];
+
+/// Every package in `package`'s normal and build graph with `features`, and the features
+/// cargo turns on in it.
+fn packages(package: &str, features: &str) -> BTreeMap<String, Vec<String>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(&root).args([
         "tree",
-        "--offline",
         "--locked",
         "-p",
-        "blindfold-job",
+        package,
         "-e",
         "normal,build",
         "--prefix",
         "none",
         "--format",
-        "{p}",
+        "{p} {f}",
     ]);
     if !features.is_empty() {
         cmd.args(["--features", features]);
@@ -44,30 +51,62 @@ fn packages(features: &str) -> Vec<String> {
         "cargo tree failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect()
+    let mut map = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        // `name vX (path) f1,f2` for a path package, `name vX f1,f2` otherwise; `(*)`
+        // marks a repeat.
+        let rest = line.rsplit_once(')').map_or(line, |(_, r)| r);
+        let feats = rest
+            .split_whitespace()
+            .last()
+            .filter(|f| !f.starts_with('v') && *f != "(*)")
+            .map(|f| f.split(',').map(str::to_owned).collect())
+            .unwrap_or_default();
+        map.entry(name.to_owned()).or_insert(feats);
+    }
+    map
 }
 
 #[test]
 fn the_job_links_nothing_of_the_owner_or_the_broker() {
-    for features in ["", "cuda", "wgpu"] {
-        let pkgs = packages(features);
+    for features in ["", "cuda", "wgpu", "cuda,wgpu"] {
+        let pkgs = packages("blindfold-job", features);
         // The check sees the graph: the job's own crates are there.
         for wanted in ["blindfold-zone", "blindfold-attest", "blindfold-dataset"] {
-            assert!(
-                pkgs.iter().any(|p| p == wanted),
-                "{wanted} missing ({features})"
-            );
+            assert!(pkgs.contains_key(wanted), "{wanted} missing ({features})");
         }
         for f in FORBIDDEN {
             assert!(
-                !pkgs.iter().any(|p| p == f),
+                !pkgs.contains_key(*f),
                 "the job binary links {f} (features: {features:?})"
             );
         }
+        for (pkg, feature) in FORBIDDEN_FEATURES {
+            let on = pkgs
+                .get(*pkg)
+                .is_some_and(|f| f.iter().any(|x| x == feature));
+            assert!(
+                !on,
+                "the job binary has {pkg}'s {feature:?} feature (features: {features:?})"
+            );
+        }
     }
+}
+
+#[test]
+fn the_feature_check_sees_the_owners_benchmarks() {
+    // The same reading of the owner's CLI finds what the job must not have: the check
+    // above is not passing because it reads nothing.
+    let pkgs = packages("blindfold", "blindfold/cuda");
+    for (pkg, feature) in FORBIDDEN_FEATURES {
+        let feats = pkgs.get(*pkg).unwrap_or_else(|| panic!("{pkg} missing"));
+        assert!(
+            feats.iter().any(|x| x == feature),
+            "{pkg} has no {feature:?} in the CLI: {feats:?}"
+        );
+    }
+    assert!(pkgs.contains_key("blindfold-owner"));
 }

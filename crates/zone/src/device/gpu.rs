@@ -423,6 +423,7 @@ pub(crate) fn run<R: CubeRuntime>(
 }
 
 /// On-device decryption of one split next to a device-to-device copy of the same bytes.
+#[cfg(feature = "bench")]
 pub(crate) fn throughput<R: CubeRuntime>(
     device: R::Device,
     ds: &SealedDataset,

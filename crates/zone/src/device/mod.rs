@@ -59,7 +59,7 @@ fn runtime_cache_dir() -> std::path::PathBuf {
 }
 
 /// Configures CubeCL before the first device use in this process (done by [`train`]
-/// and [`throughput`]; call it before using [`gpu`] directly).
+/// and `throughput`; call it before using [`gpu`] directly).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub fn prepare_runtime() -> Result<()> {
     let dir = runtime_cache_dir();
@@ -157,6 +157,7 @@ pub fn train(
 
 /// On-device decryption throughput next to a device-to-device copy of the same bytes,
 /// both measured in one run ([`throughput`]).
+#[cfg(feature = "bench")]
 #[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
     /// Ciphertext bytes on the device (chunk padding included).
@@ -175,6 +176,7 @@ pub struct Throughput {
 
 /// Uploads one split of a sealed dataset, checks the device's plaintext against the
 /// CPU decryptor's, then times `iterations` on-device decryptions and as many copies.
+#[cfg(feature = "bench")]
 #[allow(unused_variables)]
 pub fn throughput(
     kind: DeviceKind,
