@@ -155,10 +155,9 @@ pub fn client(opts: &FetchOptions) -> Result<reqwest::Client, Error> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
     if let Some(pem) = &opts.ca_cert_pem {
-        let c = reqwest::Certificate::from_pem(pem).map_err(|e| Error::Transport {
-            url: opts.broker.clone(),
-            what: format!("CA certificate: {e}"),
-        })?;
+        // The caller's file, not the network: bad input (as the admin client says).
+        let c = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| Error::BadInput(format!("CA certificate: {e}")))?;
         b = b.tls_certs_only([c]);
     }
     b.build().map_err(|e| Error::Transport {

@@ -207,20 +207,33 @@ fn admin_client(a: &AdminArgs) -> Result<blindfold_broker::client::AdminClient, 
 fn release_object(
     ks: &blindfold_owner::KeyStore,
     dest: &str,
-) -> Result<blindfold_protocol::Release, Failure> {
+) -> Result<blindfold_owner::Release, Failure> {
     let ds = blindfold_owner::open(ks, blindfold_store::Store::open(dest, false)?)?;
-    let blindfold_owner::Release {
-        dataset_id,
-        key,
-        manifest_sha256: digest,
-        version,
-    } = blindfold_owner::release(&ds);
-    Ok(blindfold_protocol::Release {
-        dataset_id,
-        key: STANDARD.encode(&key[..]),
-        manifest_sha256: hex::encode(digest),
-        version,
-    })
+    Ok(blindfold_owner::release(&ds))
+}
+
+/// The wire form of a release object (key in base64, digest in hex), as the broker and a
+/// stock KBS serve it.
+fn wire_release(r: &blindfold_owner::Release) -> blindfold_protocol::Release {
+    blindfold_protocol::Release {
+        dataset_id: r.dataset_id.clone(),
+        key: STANDARD.encode(&r.key[..]),
+        manifest_sha256: hex::encode(r.manifest_sha256),
+        version: r.version,
+    }
+}
+
+/// What `register` sends the broker's admin API: the release object and the policy
+/// (TOML). The key string moves, it is not copied: both types wipe it on drop.
+pub(crate) fn registration(r: &blindfold_owner::Release, policy: String) -> Registration {
+    let mut w = wire_release(r);
+    Registration {
+        dataset_id: std::mem::take(&mut w.dataset_id),
+        key: std::mem::take(&mut w.key),
+        manifest_sha256: std::mem::take(&mut w.manifest_sha256),
+        version: w.version,
+        policy,
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
@@ -295,13 +308,8 @@ pub fn run(
             let p = blindfold_broker::policy::Policy::parse(&text)?;
             let rel = release_object(&keystore()?, &dest)?;
             let (id, version) = (rel.dataset_id.clone(), rel.version);
-            let reg = Registration {
-                dataset_id: id.clone(),
-                key: rel.key.clone(),
-                manifest_sha256: rel.manifest_sha256.clone(),
-                version,
-                policy: text,
-            };
+            let reg = registration(&rel, text);
+            drop(rel);
             admin_client(&admin)?.register(&reg)?;
             for w in p.warnings() {
                 eprintln!("warning: {w}");
@@ -319,7 +327,7 @@ pub fn run(
                     "refusing to print a dataset key to a terminal: pipe it into the KBS admin client (see --help)",
                 ));
             }
-            let release = release_object(&keystore()?, &dest)?;
+            let release = wire_release(&release_object(&keystore()?, &dest)?);
             let (id, version) = (release.dataset_id.clone(), release.version);
             let bytes = release.to_json().map_err(Failure::bug)?;
             out.write_all(&bytes)

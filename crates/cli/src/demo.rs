@@ -244,9 +244,7 @@ pub fn run(
     let weights = workdir.join("model.safetensors");
     let outputs =
         blindfold_owner::open_job_outputs(&ks, model_s, Some(&report.dataset_id.to_hex()), false)?;
-    let spec = blindfold_zone::job::OutputInfo::from_header(&outputs.header)?.spec();
-    let burnpack = outputs.model;
-    let net = spec.from_burnpack::<blindfold_zone::model::Cpu>(&burnpack, &Default::default())?;
+    let (spec, net) = blindfold_zone::job::load_model(&outputs.header, &outputs.model)?;
     io(
         &weights,
         fs::write(&weights, &model::to_safetensors(&net, &spec)?[..]),

@@ -71,20 +71,8 @@ impl LocalBroker {
             false,
         )
         .map_err(|e| Error::Bug(e.to_string()))?;
-        let blindfold_owner::Release {
-            dataset_id: id,
-            key,
-            manifest_sha256: digest,
-            version,
-        } = blindfold_owner::release(ds);
-        let reg = blindfold_broker::Registration {
-            dataset_id: id.clone(),
-            key: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key[..]),
-            manifest_sha256: hex::encode(digest),
-            version,
-            policy: policy.into(),
-        };
-        drop(key);
+        let reg = crate::broker::registration(&blindfold_owner::release(ds), policy.into());
+        let id = reg.dataset_id.clone();
         client
             .register(&reg)
             .map_err(|e| Error::Bug(format!("registration failed: {e}")))?;

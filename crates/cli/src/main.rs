@@ -48,7 +48,7 @@ Where things live:
 {}
 The sealed format is specified in docs/sealed-format.md; what it protects against is
 in docs/threat-model.md.",
-        blindfold_job::exit_table()
+        blindfold_job::exit_table(&blindfold_job::Fault::ALL)
     )
 }
 

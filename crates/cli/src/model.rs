@@ -1,13 +1,12 @@
 //! `model open`, `eval`: the owner's side of a training job's outputs. Opening them is
 //! the owner crate's (`open_job_outputs`), reading what they say about the model the
-//! zone's (`OutputInfo`, next to the code that writes it); this only wires the two.
+//! zone's (`job::load_model`, next to the code that writes it); this only wires the two.
 
 use std::path::{Path, PathBuf};
 
 use blindfold_job::epoch_line;
 use blindfold_owner::export::OutputSet;
 use blindfold_owner::{Error, KeyStore};
-use blindfold_zone::job::OutputInfo;
 use blindfold_zone::model;
 use blindfold_zone::train::EpochMetrics;
 use clap::{Args, Subcommand, ValueEnum};
@@ -95,14 +94,8 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
         dataset.as_deref(),
         *danger_unauthenticated,
     )?;
-    if outputs.header.content_type != "burnpack" {
-        return Err(Error::BadInput(format!(
-            "{model_dest}: the model is {}, not burnpack",
-            outputs.header.content_type
-        ))
-        .into());
-    }
-    let spec = OutputInfo::from_header(&outputs.header)?.spec();
+    // Loading checks the weights against the header's architecture for either format.
+    let (spec, net) = blindfold_zone::job::load_model(&outputs.header, &outputs.model)?;
     let source = outputs.header.source.clone();
     let weights = outputs.model;
     let metrics: Option<serde_json::Value> = outputs
@@ -112,11 +105,7 @@ pub fn model(cmd: &ModelCmd, ks: &KeyStore) -> Result<(), Failure> {
         .map_err(|e| Error::BadInput(format!("sealed metrics: {e}")))?;
     let bytes = match format {
         WeightsFormat::Burnpack => weights,
-        WeightsFormat::Safetensors => {
-            let net =
-                spec.from_burnpack::<blindfold_zone::model::Cpu>(&weights, &Default::default())?;
-            model::to_safetensors(&net, &spec)?
-        }
+        WeightsFormat::Safetensors => model::to_safetensors(&net, &spec)?,
     };
     // Through the owner's output set: a temporary file (0600) synced, then renamed.
     let name = out

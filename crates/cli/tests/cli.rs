@@ -728,9 +728,23 @@ fn a_planted_model_is_refused() {
             .unwrap(),
     )
     .unwrap();
-    let plant = |dir: &str,
-                 source: Option<blindfold_format::OutputSource>,
-                 key: Option<&blindfold_format::DatasetKey>| {
+    // Real weights of the model the header names: a planted model is refused for who
+    // sealed it, not for what it holds.
+    let spec = blindfold_zone::model::ModelSpec {
+        arch: blindfold_zone::model::Arch::Mlp,
+        input: [1, 3, 3],
+        classes: 10,
+    };
+    let weights = blindfold_zone::model::to_burnpack(
+        &spec
+            .init::<blindfold_zone::model::Cpu>(7, &Default::default())
+            .unwrap(),
+    )
+    .unwrap();
+    let plant_bytes = |dir: &str,
+                       source: Option<blindfold_format::OutputSource>,
+                       key: Option<&blindfold_format::DatasetKey>,
+                       bytes: &[u8]| {
         let header = blindfold_format::OutputHeader::new(
             "model",
             "burnpack",
@@ -738,10 +752,14 @@ fn a_planted_model_is_refused() {
             serde_json::json!({"model": "mlp", "input": [1, 3, 3], "classes": 10, "run": "00"}),
         );
         let sealed =
-            blindfold_format::seal_output(&public, &header, key, b"backdoor", "model.sealed")
-                .unwrap();
+            blindfold_format::seal_output(&public, &header, key, bytes, "model.sealed").unwrap();
         fs::create_dir_all(e.path().join(dir)).unwrap();
         fs::write(e.path().join(dir).join("model.sealed"), sealed).unwrap();
+    };
+    let plant = |dir: &str,
+                 source: Option<blindfold_format::OutputSource>,
+                 key: Option<&blindfold_format::DatasetKey>| {
+        plant_bytes(dir, source, key, &weights)
     };
     let id = insp["dataset_id"].as_str().unwrap().to_owned();
     let open = |dir: &str, out: &str, code: i32| {
@@ -779,6 +797,26 @@ fn a_planted_model_is_refused() {
         0,
     );
     assert!(out.contains("WARNING: unauthenticated"), "{out}");
+    // Whatever opens, weights that are not the header's model are refused, in either
+    // output format, and nothing is written.
+    plant_bytes("junk", None, None, b"not a burnpack");
+    for format in ["burnpack", "safetensors"] {
+        let out = e.run(
+            &[
+                "model",
+                "open",
+                "junk",
+                "--out",
+                "w0",
+                "--format",
+                format,
+                "--danger-unauthenticated",
+            ],
+            3,
+        );
+        assert!(out.contains("model weights do not load"), "{out}");
+        assert!(!e.path().join("w0").exists());
+    }
     // Claiming the real dataset and version, but sealed without its key.
     let source = blindfold_format::OutputSource {
         dataset_id: insp["dataset_id"].as_str().unwrap().into(),

@@ -36,6 +36,16 @@ impl Fault {
         Fault::Internal,
     ];
 
+    /// The faults the job binary can end with: every one but the key store's, which it
+    /// does not hold (checked by `every_error_variant_has_its_fault`).
+    pub const JOB: [Fault; 5] = [
+        Fault::BadInput,
+        Fault::Integrity,
+        Fault::Io,
+        Fault::Denied,
+        Fault::Internal,
+    ];
+
     /// The exit status.
     pub fn code(self) -> u8 {
         match self {
@@ -63,12 +73,12 @@ impl Fault {
     }
 }
 
-/// The exit-status table of `--help`.
-pub fn exit_table() -> String {
+/// The exit-status table of `--help`, for a binary that can end with `faults`.
+pub fn exit_table(faults: &[Fault]) -> String {
     let mut s = String::from(
         "Exit status:\n  0   success\n  2   usage (unknown option, missing argument)\n",
     );
-    for f in Fault::ALL {
+    for &f in faults {
         s.push_str(&format!("  {:<3} {}\n", f.code(), f.meaning()));
     }
     s
@@ -229,7 +239,7 @@ mod tests {
         let codes: HashSet<u8> = Fault::ALL.iter().map(|f| f.code()).collect();
         assert_eq!(codes.len(), Fault::ALL.len());
         assert!(!codes.contains(&0) && !codes.contains(&1) && !codes.contains(&2));
-        let t = exit_table();
+        let t = exit_table(&Fault::ALL);
         for f in Fault::ALL {
             assert!(
                 t.contains(&format!("  {:<3} {}", f.code(), f.meaning())),
@@ -424,7 +434,10 @@ mod tests {
         zone.extend(attest_errors().into_iter().map(|(e, f)| (Z::Broker(e), f)));
         for (e, f) in zone {
             assert_eq!(Failure::from(e).fault, f);
+            // What the job's --help lists covers everything its errors become.
+            assert!(Fault::JOB.contains(&f), "{f:?} is not in the job's table");
         }
+        assert!(!exit_table(&Fault::JOB).contains("key store"));
     }
 
     /// A refusal exits 7 whichever command met it (`train` and `broker fetch-key` used to

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use blindfold_job::{exit_table, finish, init_logging, train, Bars, TrainArgs};
+use blindfold_job::{exit_table, finish, init_logging, train, Bars, Fault, TrainArgs};
 use clap::Parser;
 
 /// Train a model inside the trusted zone on a sealed dataset.
@@ -15,7 +15,7 @@ use clap::Parser;
 /// the owner. This binary holds no key store, no broker server and no benchmark: it is
 /// the one a policy's measurement should cover (docs/threat-model.md).
 #[derive(Parser)]
-#[command(name = "blindfold-job", version, after_help = exit_table(), max_term_width = 100)]
+#[command(name = "blindfold-job", version, after_help = exit_table(&Fault::JOB), max_term_width = 100)]
 struct Cli {
     #[command(flatten)]
     train: Box<TrainArgs>,

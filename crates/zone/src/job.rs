@@ -23,8 +23,9 @@ pub use blindfold_format::{CONFIG_OBJECT, METRICS_OBJECT, MODEL_OBJECT};
 
 /// What a job's sealed outputs say in clear about the model (their header's `info`, the
 /// same in both): written here by [`run`], read back by the owner's `model open`.
+/// Fields a later version adds are ignored by this one, so that an older owner's tool
+/// still opens a newer job's model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OutputInfo {
     /// Architecture.
     pub model: crate::model::Arch,
@@ -52,6 +53,29 @@ impl OutputInfo {
             classes: self.classes,
         }
     }
+}
+
+/// The content type of a job's sealed model: Burn's Burnpack.
+pub const MODEL_CONTENT_TYPE: &str = "burnpack";
+
+/// A job's model, opened by the owner: its header checked to be a Burnpack model this
+/// code knows how to build, and the network loaded on the CPU.
+pub fn load_model(
+    header: &OutputHeader,
+    burnpack: &[u8],
+) -> Result<(
+    crate::model::ModelSpec,
+    crate::model::Net<crate::model::Cpu>,
+)> {
+    if header.content_type != MODEL_CONTENT_TYPE {
+        return Err(Error::BadInput(format!(
+            "the sealed model is {:?}, not {MODEL_CONTENT_TYPE}",
+            header.content_type
+        )));
+    }
+    let spec = OutputInfo::from_header(header)?.spec();
+    let net = spec.from_burnpack::<crate::model::Cpu>(burnpack, &Default::default())?;
+    Ok((spec, net))
 }
 
 /// Where the data of a job comes from.
@@ -310,7 +334,7 @@ fn write_outputs(
     .map_err(|e| Error::Bug(e.to_string()))?;
     let model = sealer.seal(
         "model",
-        "burnpack",
+        MODEL_CONTENT_TYPE,
         info.clone(),
         &trained.weights,
         MODEL_OBJECT,
@@ -339,4 +363,53 @@ fn write_outputs(
         .iter()
         .map(|n| format!("{}/{n}", out.location()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Arch, ModelSpec};
+
+    fn info() -> serde_json::Value {
+        json!({"model": "mlp", "input": [1, 4, 4], "classes": 3, "run": "00"})
+    }
+
+    #[test]
+    fn load_model_refuses_what_is_not_a_burnpack_model() {
+        let h = OutputHeader::new("model", "safetensors", None, info());
+        let e = load_model(&h, b"whatever").unwrap_err();
+        assert!(
+            matches!(e, Error::BadInput(ref m) if m.contains("not burnpack")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn load_model_builds_the_headers_architecture() {
+        let spec = ModelSpec {
+            arch: Arch::Mlp,
+            input: [1, 4, 4],
+            classes: 3,
+        };
+        let net = spec
+            .init::<crate::model::Cpu>(1, &Default::default())
+            .unwrap();
+        let bytes = crate::model::to_burnpack(&net).unwrap();
+        let h = OutputHeader::new("model", MODEL_CONTENT_TYPE, None, info());
+        let (got, _) = load_model(&h, &bytes).unwrap();
+        assert_eq!(got.arch, Arch::Mlp);
+        assert_eq!(got.classes, 3);
+        // Another architecture in the header: the weights do not fit it.
+        let lenet = json!({"model": "lenet5", "input": [1, 28, 28], "classes": 10, "run": "00"});
+        let h = OutputHeader::new("model", MODEL_CONTENT_TYPE, None, lenet);
+        assert!(load_model(&h, &bytes).is_err());
+    }
+
+    #[test]
+    fn output_info_ignores_fields_a_later_version_adds() {
+        let mut v = info();
+        v["added_later"] = json!(true);
+        let h = OutputHeader::new("model", MODEL_CONTENT_TYPE, None, v);
+        assert_eq!(OutputInfo::from_header(&h).unwrap().classes, 3);
+    }
 }
