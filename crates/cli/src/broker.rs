@@ -224,7 +224,8 @@ fn wire_release(r: &blindfold_owner::Release) -> blindfold_protocol::Release {
 }
 
 /// What `register` sends the broker's admin API: the release object and the policy
-/// (TOML). The key string moves, it is not copied: both types wipe it on drop.
+/// (TOML). The key string moves, it is not copied: both types wipe it on drop. (The
+/// admin client's JSON request body is a copy this code cannot wipe: reqwest owns it.)
 pub(crate) fn registration(r: &blindfold_owner::Release, policy: String) -> Registration {
     let mut w = wire_release(r);
     Registration {

@@ -56,15 +56,22 @@ fn packages(package: &str, features: &str) -> BTreeMap<String, Vec<String>> {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        // `name vX (path) f1,f2` for a path package, `name vX f1,f2` otherwise; `(*)`
-        // marks a repeat.
-        let rest = line.rsplit_once(')').map_or(line, |(_, r)| r);
-        let feats = rest
-            .split_whitespace()
-            .last()
-            .filter(|f| !f.starts_with('v') && *f != "(*)")
-            .map(|f| f.split(',').map(str::to_owned).collect())
-            .unwrap_or_default();
+        // `name vX [(path)] [(proc-macro)] [f1,f2] [(*)]`: after the name and the
+        // version, parenthesised marks, then the features if any; `(*)` marks a repeat.
+        let mut rest = line
+            .trim_end()
+            .trim_end_matches("(*)")
+            .split_once(' ')
+            .and_then(|(_, r)| r.trim_start().split_once(' '))
+            .map_or("", |(_, r)| r.trim());
+        while rest.starts_with('(') {
+            rest = rest.split_once(')').map_or("", |(_, r)| r.trim());
+        }
+        let feats: Vec<String> = rest
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_owned)
+            .collect();
         map.entry(name.to_owned()).or_insert(feats);
     }
     map

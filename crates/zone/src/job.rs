@@ -59,7 +59,8 @@ impl OutputInfo {
 pub const MODEL_CONTENT_TYPE: &str = "burnpack";
 
 /// A job's model, opened by the owner: its header checked to be a Burnpack model this
-/// code knows how to build, and the network loaded on the CPU.
+/// code knows how to build, and the network loaded on the CPU (every tensor of the
+/// header's architecture must load with its shape; tensors it does not use are ignored).
 pub fn load_model(
     header: &OutputHeader,
     burnpack: &[u8],
