@@ -684,19 +684,8 @@ impl KeyStore {
     /// the version and digest it records: the authenticated manifest vouches for the
     /// fields the record could not. Others are left as they were, with the reason.
     pub fn upgrade_records(&self) -> Result<Vec<Upgraded>> {
-        let dir = self.home.join(DATASETS_DIR);
         let mut out = vec![];
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Error::io(dir, e)),
-        };
-        let mut paths: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        paths.sort();
-        for p in paths {
+        for p in self.record_files()? {
             let bytes = fs::read(&p).map_err(|e| Error::io(&p, e))?;
             let v: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::KeyStore(format!("{} is malformed: {e}", p.display())))?;
@@ -775,19 +764,11 @@ impl KeyStore {
 
     /// Every dataset record, sorted by id.
     pub fn datasets(&self) -> Result<Vec<DatasetRecord>> {
-        let dir = self.home.join(DATASETS_DIR);
         let mut out = vec![];
-        let rd = match fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(Error::io(dir, e)),
-        };
-        for e in rd {
-            let e = e.map_err(|e| Error::io(&dir, e))?;
-            let name = e.file_name();
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".json"))
+        for p in self.record_files()? {
+            let Some(id) = p
+                .file_stem()
+                .and_then(|n| n.to_str())
                 .and_then(DatasetId::from_hex)
             else {
                 continue;
@@ -796,6 +777,25 @@ impl KeyStore {
         }
         out.sort_by(|a, b| a.dataset_id.cmp(&b.dataset_id));
         Ok(out)
+    }
+
+    /// The `*.json` files of the records folder, sorted (none if it does not exist).
+    fn record_files(&self) -> Result<Vec<PathBuf>> {
+        let dir = self.home.join(DATASETS_DIR);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(Error::io(dir, e)),
+        };
+        let mut paths = vec![];
+        for e in rd {
+            let p = e.map_err(|e| Error::io(&dir, e))?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                paths.push(p);
+            }
+        }
+        paths.sort();
+        Ok(paths)
     }
 }
 
