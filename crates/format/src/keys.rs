@@ -255,6 +255,31 @@ impl AeadKey {
             .map_err(|_| Error::Internal("aead seal"))
     }
 
+    /// Seals `buf[..len - TAG_LEN]` in place and writes the tag into the last
+    /// [`TAG_LEN`](crate::TAG_LEN) bytes: the chunk as stored, in a caller's buffer.
+    pub(crate) fn seal_in_place_tag_last(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let n = buf
+            .len()
+            .checked_sub(crate::TAG_LEN)
+            .ok_or(Error::Internal("chunk shorter than a tag"))?;
+        let (text, tag_out) = buf.split_at_mut(n);
+        let tag = self
+            .0
+            .seal_in_place_separate_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(aad),
+                text,
+            )
+            .map_err(|_| Error::Internal("aead seal"))?;
+        tag_out.copy_from_slice(tag.as_ref());
+        Ok(())
+    }
+
     /// Opens `buf` (ciphertext ‖ tag) in place; returns the plaintext length.
     pub(crate) fn open_in_place(&self, nonce: [u8; 12], aad: &[u8], buf: &mut [u8]) -> bool {
         self.0

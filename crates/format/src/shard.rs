@@ -404,21 +404,39 @@ impl ShardSealer {
             .then(|| self.header.chunk_plain_len_of(self.next) as usize)
     }
 
-    /// Seals the next chunk in place: `buf` holds exactly [`Self::next_chunk_len`] bytes of
-    /// plaintext and receives ciphertext ‖ tag.
-    pub fn seal_chunk(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+    /// Checks that a buffer of `got` bytes holds the next chunk's plaintext and `room`
+    /// bytes more.
+    fn check_next(&self, got: usize, room: usize) -> Result<()> {
         let want = self
             .next_chunk_len()
             .ok_or_else(|| Error::InvalidArgument("all chunks of this shard are sealed".into()))?;
-        if buf.len() != want {
+        if got != want + room {
             return Err(Error::InvalidArgument(format!(
-                "chunk {} must hold {want} bytes, got {}",
-                self.next,
-                buf.len()
+                "chunk {} must hold {want} bytes and {room} bytes of room, got {got}",
+                self.next
             )));
         }
+        Ok(())
+    }
+
+    /// Seals the next chunk in place: `buf` holds exactly [`Self::next_chunk_len`] bytes of
+    /// plaintext and receives ciphertext ‖ tag.
+    pub fn seal_chunk(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        self.check_next(buf.len(), 0)?;
         self.key
             .seal_in_place(self.header.nonce(self.next), &self.digest, buf)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Seals the next chunk in place where it will be written: `chunk` holds the
+    /// chunk's [`Self::next_chunk_len`] bytes of plaintext followed by
+    /// [`TAG_LEN`](crate::TAG_LEN) bytes of room, and receives ciphertext ‖ tag. Lets a
+    /// writer seal a run of chunks inside one buffer and write it whole.
+    pub fn seal_next_in(&mut self, chunk: &mut [u8]) -> Result<()> {
+        self.check_next(chunk.len(), crate::TAG_LEN)?;
+        self.key
+            .seal_in_place_tag_last(self.header.nonce(self.next), &self.digest, chunk)?;
         self.next += 1;
         Ok(())
     }

@@ -511,12 +511,35 @@ fn npy_with_labels_round_trips_byte_for_byte() {
             &x,
             Format::Npy,
             &ImportOptions {
-                labels: Some(y),
+                labels: Some(y.clone()),
                 ..Default::default()
             }
         ),
         Err(DError::BadInput(_))
     ));
+    // Float labels are real values (regression targets): accepted when finite,
+    // refused at import when one is not.
+    let mut fb = b"\x93NUMPY\x01\x00".to_vec();
+    let hf = "{'descr': '<f8', 'fortran_order': False, 'shape': (7,), }";
+    let pad = 64 - (10 + hf.len() + 1) % 64;
+    let hf = format!("{hf}{}\n", " ".repeat(pad));
+    fb.extend_from_slice(&(hf.len() as u16).to_le_bytes());
+    fb.extend_from_slice(hf.as_bytes());
+    let header = fb.len();
+    for i in 0..7 {
+        fb.extend_from_slice(&(i as f64 * 0.25).to_le_bytes());
+    }
+    fs::write(&y, &fb).unwrap();
+    let opts = ImportOptions {
+        labels: Some(y.clone()),
+        ..Default::default()
+    };
+    let imp = import(&x, Format::Npy, &opts).unwrap();
+    assert_eq!(imp.schema.label, Some(blindfold_format::DType::F64));
+    fb[header + 8 * 5..header + 8 * 6].copy_from_slice(&f64::NAN.to_le_bytes());
+    fs::write(&y, &fb).unwrap();
+    let e = import(&x, Format::Npy, &opts).err().unwrap();
+    assert!(e.to_string().contains("label 5 is not a finite"), "{e}");
 }
 
 #[test]
@@ -557,6 +580,36 @@ fn csv_round_trips_values_and_rejects_bad_cells_with_their_line() {
     );
     fs::write(&c, "a,b\n1,oops\n").unwrap();
     assert!(import(&c, Format::Csv, &ImportOptions::default()).is_err());
+    // Any label that is not an integer makes the labels real values (f32, for
+    // regression). They open with a decimal point, so that sealing the opened file
+    // gives real labels again.
+    fs::write(&c, "a,label\n1,0.5\n2,-3\n3,1e2\n").unwrap();
+    let imp = import(&c, Format::Csv, &ImportOptions::default()).unwrap();
+    assert_eq!(imp.schema.label, Some(blindfold_format::DType::F32));
+    let dest = t.path().join("sealed-real");
+    seal_path(
+        &ks,
+        &c,
+        Format::Auto,
+        dest.to_str().unwrap(),
+        &SealOptions::default(),
+    );
+    let out = t.path().join("out-real");
+    blindfold_owner::open_to_dir(&open(&ks, &dest).unwrap(), &out, false, &NoProgress).unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("t.csv")).unwrap(),
+        "a,label\n1,0.5\n2,-3.0\n3,100.0\n"
+    );
+    let again = import(&out.join("t.csv"), Format::Csv, &ImportOptions::default()).unwrap();
+    assert_eq!(again.schema.label, Some(blindfold_format::DType::F32));
+    fs::write(&c, "a,label\n1,0.5\n2,inf\n").unwrap();
+    let e = import(&c, Format::Csv, &ImportOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("t.csv:3") && e.to_string().contains("finite"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -581,6 +634,45 @@ fn malformed_idx_is_bad_input() {
     assert!(
         matches!(import(&d.join("notes.bin"), Format::Auto, &ImportOptions::default()), Err(DError::BadInput(m)) if m.contains("--format raw"))
     );
+}
+
+/// A gzip IDX file is streamed: its length is checked as it is read, so a short one
+/// and one with bytes after its records fail when reading reaches them, as bad input.
+#[test]
+fn streamed_gzip_idx_checks_its_length_as_it_reads() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let (img, _) = write_idx_pair(d, "train", 3, 2, 2, true);
+    let gz = |bytes: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut e, bytes).unwrap();
+        fs::write(d.join("train-images-idx3-ubyte.gz"), e.finish().unwrap()).unwrap();
+    };
+    let read_all = || -> Result<Vec<u8>, DError> {
+        let mut imp = import(d, Format::Idx, &ImportOptions::default())?;
+        let rs = imp.schema.record_size();
+        let mut buf = vec![0u8; rs * 3];
+        imp.splits[0].source.read_records(&mut buf)?;
+        Ok(buf)
+    };
+    let whole = read_all().unwrap();
+    assert_eq!(whole[..4], img[img.len() - 12..img.len() - 8]);
+    gz(&img[..img.len() - 1]);
+    let e = read_all().unwrap_err();
+    assert!(
+        matches!(e, DError::BadInput(ref m) if m.contains("ends before")),
+        "{e}"
+    );
+    let mut longer = img.clone();
+    longer.push(0);
+    gz(&longer);
+    let e = read_all().unwrap_err();
+    assert!(
+        matches!(e, DError::BadInput(ref m) if m.contains("more data")),
+        "{e}"
+    );
+    fs::write(d.join("train-images-idx3-ubyte.gz"), [0x1f, 0x8b, 0, 0]).unwrap();
+    assert!(matches!(read_all(), Err(DError::BadInput(_))));
 }
 
 proptest! {

@@ -290,6 +290,14 @@ impl Store {
         Ok(v)
     }
 
+    /// Whether `path` is an upload in progress, or one a killed process left behind
+    /// (a local folder's temporary file; an S3 multipart upload is not an object).
+    pub fn is_partial_upload(path: &str) -> bool {
+        path.rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with(PARTIAL_UPLOAD_PREFIX))
+    }
+
     /// A streaming writer for a large object. Nothing is visible at `path` until
     /// [`ObjectWriter::finish`]; dropping the writer unfinished aborts the upload.
     pub fn writer(&self, path: &str) -> Result<ObjectWriter> {
@@ -301,7 +309,7 @@ impl Store {
                 .to_owned();
             std::fs::create_dir_all(&dir).map_err(|e| self.io_err("start writing", path, e))?;
             let tmp = tempfile::Builder::new()
-                .prefix(".blindfold-upload-")
+                .prefix(PARTIAL_UPLOAD_PREFIX)
                 .tempfile_in(&dir)
                 .map_err(|e| self.io_err("start writing", path, e))?;
             return Ok(ObjectWriter {
@@ -326,6 +334,9 @@ impl Store {
         })
     }
 }
+
+/// The name prefix of a local upload's temporary file, beside its target.
+const PARTIAL_UPLOAD_PREFIX: &str = ".blindfold-upload-";
 
 /// A streaming upload; see [`Store::writer`].
 pub struct ObjectWriter {

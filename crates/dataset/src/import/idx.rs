@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use blindfold_format::{DType, Schema};
 use serde_json::json;
 
-use super::{file_name, split_name, swap_bytes, Import, ImportOptions, Interleave, SplitSource};
+use super::{file_name, split_name, swap_bytes, Import, ImportOptions, SplitSource};
 use crate::error::{Error, Result};
 
 fn dtype_of(code: u8) -> Option<DType> {
@@ -64,10 +64,23 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-/// Parses IDX bytes; `what` names the file in errors.
-pub fn parse(bytes: &[u8], what: &str) -> Result<Idx> {
+/// An IDX header: element type, dimensions (the first counts items), its own length
+/// and the data bytes it promises.
+struct Header {
+    dtype: DType,
+    dims: Vec<u32>,
+    len: usize,
+    data_bytes: u64,
+}
+
+/// Parses the header at the front of `bytes` (which may end there); `what` names the
+/// file in errors. `Ok(None)`: `bytes` is too short to hold the whole header.
+fn parse_header(bytes: &[u8], what: &str) -> Result<Option<Header>> {
     let bad = |m: &str| Error::BadInput(format!("{what}: not an IDX file: {m}"));
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 {
+    if bytes.len() < 4 {
+        return Ok(None);
+    }
+    if bytes[0] != 0 || bytes[1] != 0 {
         return Err(bad("bad magic"));
     }
     let dtype = dtype_of(bytes[2])
@@ -76,11 +89,11 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Idx> {
     if ndim == 0 || ndim > 1 + blindfold_format::MAX_DIMS {
         return Err(bad("bad number of dimensions"));
     }
-    let head = 4 + 4 * ndim;
-    if bytes.len() < head {
-        return Err(bad("truncated header"));
+    let len = 4 + 4 * ndim;
+    if bytes.len() < len {
+        return Ok(None);
     }
-    let dims: Vec<u32> = bytes[4..head]
+    let dims: Vec<u32> = bytes[4..len]
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes(c.try_into().expect("4 bytes")))
         .collect();
@@ -88,21 +101,147 @@ pub fn parse(bytes: &[u8], what: &str) -> Result<Idx> {
         .iter()
         .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
         .ok_or_else(|| bad("too large"))?;
-    let want = elems
+    let data_bytes = elems
         .checked_mul(dtype.size() as u64)
         .ok_or_else(|| bad("too large"))?;
-    let have = (bytes.len() - head) as u64;
-    if have != want {
-        return Err(bad(&format!(
-            "header promises {want} data bytes, file has {have}"
-        )));
-    }
     if dims[1..].contains(&0) {
         return Err(bad("a dimension is zero"));
     }
-    let mut data = bytes[head..].to_vec();
-    swap_bytes(&mut data, dtype.size());
-    Ok(Idx { dtype, dims, data })
+    Ok(Some(Header {
+        dtype,
+        dims,
+        len,
+        data_bytes,
+    }))
+}
+
+fn check_data_len(h: &Header, have: u64, what: &str) -> Result<()> {
+    if have != h.data_bytes {
+        return Err(Error::BadInput(format!(
+            "{what}: not an IDX file: header promises {} data bytes, file has {have}",
+            h.data_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Parses IDX bytes; `what` names the file in errors.
+pub fn parse(bytes: &[u8], what: &str) -> Result<Idx> {
+    let h = parse_header(bytes, what)?
+        .ok_or_else(|| Error::BadInput(format!("{what}: not an IDX file: truncated header")))?;
+    check_data_len(&h, (bytes.len() - h.len) as u64, what)?;
+    let mut data = bytes[h.len..].to_vec();
+    swap_bytes(&mut data, h.dtype.size());
+    Ok(Idx {
+        dtype: h.dtype,
+        dims: h.dims,
+        data,
+    })
+}
+
+/// An IDX images file opened for streaming: its header read, the reader at its data.
+/// Plain files are checked against the header's size at once; gzip ones as they are
+/// read (the last read also checks that nothing follows).
+fn open_stream(path: &Path) -> Result<(Header, Box<dyn Read + Send>, bool)> {
+    let what = path.display().to_string();
+    let f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut raw = std::io::BufReader::with_capacity(1 << 20, f);
+    let gz = std::io::BufRead::fill_buf(&mut raw)
+        .map_err(|e| Error::io(path, e))?
+        .starts_with(&[0x1f, 0x8b]);
+    let mut r: Box<dyn Read + Send> = if gz {
+        Box::new(std::io::BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(raw),
+        ))
+    } else {
+        Box::new(raw)
+    };
+    let mut head = vec![0u8; 4];
+    let truncated = || Error::BadInput(format!("{what}: not an IDX file: truncated header"));
+    let read = |r: &mut Box<dyn Read + Send>, buf: &mut [u8]| {
+        r.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => truncated(),
+            _ if gz => Error::BadInput(format!("{what}: not valid gzip: {e}")),
+            _ => Error::io(path, e),
+        })
+    };
+    read(&mut r, &mut head)?;
+    parse_header(&head, &what)?; // magic, type and rank before reading more
+    head.resize(4 + 4 * head[3] as usize, 0);
+    read(&mut r, &mut head[4..])?;
+    let h = parse_header(&head, &what)?.ok_or_else(truncated)?;
+    if !gz {
+        check_data_len(&h, size - h.len as u64, &what)?;
+    }
+    Ok((h, r, gz))
+}
+
+/// Streams an IDX images file's records (converted to little-endian), each followed by
+/// its label from the labels file (small, read whole). Memory: one read buffer.
+struct IdxStream {
+    path: PathBuf,
+    reader: Box<dyn Read + Send>,
+    gz: bool,
+    elem_size: usize,
+    feature_size: usize,
+    labels: Option<Vec<u8>>,
+    label_size: usize,
+    next: usize,
+    total: usize,
+}
+
+impl IdxStream {
+    fn io(&self, e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Error::BadInput(format!(
+                "{}: ends before the records its header promises (or changed while it was read)",
+                self.path.display()
+            )),
+            _ if self.gz => {
+                Error::BadInput(format!("{}: not valid gzip: {e}", self.path.display()))
+            }
+            _ => Error::io(&self.path, e),
+        }
+    }
+}
+
+impl super::RecordSource for IdxStream {
+    fn read_records(&mut self, buf: &mut [u8]) -> Result<()> {
+        let (fs, ls) = (self.feature_size, self.label_size);
+        let n = buf.len() / (fs + ls);
+        if self.next + n > self.total {
+            return Err(Error::Bug("read past the last record".into()));
+        }
+        if ls == 0 {
+            let r = self.reader.read_exact(buf);
+            r.map_err(|e| self.io(e))?;
+            swap_bytes(buf, self.elem_size);
+        } else {
+            for (k, rec) in buf.chunks_exact_mut(fs + ls).enumerate() {
+                let r = self.reader.read_exact(&mut rec[..fs]);
+                r.map_err(|e| self.io(e))?;
+                swap_bytes(&mut rec[..fs], self.elem_size);
+                let i = self.next + k;
+                if let Some(l) = &self.labels {
+                    rec[fs..].copy_from_slice(&l[i * ls..(i + 1) * ls]);
+                }
+            }
+        }
+        self.next += n;
+        if self.next == self.total {
+            let mut one = [0u8; 1];
+            let r = self.reader.read(&mut one);
+            if r.map_err(|e| self.io(e))? != 0 {
+                return Err(Error::BadInput(format!(
+                    "{}: more data than its header promises",
+                    self.path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Finds image/label pairs in a folder, sorted with `train` first.
@@ -165,7 +304,7 @@ pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
             (Some(s), false) => s.clone(),
             _ => split_name(&prefix),
         };
-        let img = parse(&read_maybe_gz(&img_path)?, &img_path.display().to_string())?;
+        let (img, reader, gz) = open_stream(&img_path)?;
         let n = img.dims[0];
         let lab = match &lab_path {
             Some(lp) => {
@@ -221,12 +360,16 @@ pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
         splits.push(SplitSource {
             name: split,
             records: n as u64,
-            source: Box::new(Interleave {
+            source: Box::new(IdxStream {
+                path: img_path.clone(),
+                reader,
+                gz,
+                elem_size: img.dtype.size(),
                 feature_size: s.feature_size(),
-                label_size: s.label.map_or(0, DType::size),
-                features: img.data,
                 labels: lab.map(|l| l.data),
+                label_size: s.label.map_or(0, DType::size),
                 next: 0,
+                total: n as usize,
             }),
         });
     }

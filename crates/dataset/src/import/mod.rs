@@ -147,37 +147,6 @@ pub(crate) fn split_name(prefix: &str) -> String {
     }
 }
 
-/// Records held in memory: features (little-endian) and optional labels, interleaved
-/// on the way out.
-pub(crate) struct Interleave {
-    pub features: Vec<u8>,
-    pub feature_size: usize,
-    pub labels: Option<Vec<u8>>,
-    pub label_size: usize,
-    pub next: usize,
-}
-
-impl RecordSource for Interleave {
-    fn read_records(&mut self, buf: &mut [u8]) -> Result<()> {
-        let rs = self.feature_size + self.label_size;
-        let n = buf.len() / rs;
-        for (k, rec) in buf.chunks_exact_mut(rs).enumerate() {
-            let i = self.next + k;
-            let f = self
-                .features
-                .get(i * self.feature_size..(i + 1) * self.feature_size)
-                .ok_or_else(|| Error::Bug("read past the last record".into()))?;
-            rec[..self.feature_size].copy_from_slice(f);
-            if let Some(l) = &self.labels {
-                rec[self.feature_size..]
-                    .copy_from_slice(&l[i * self.label_size..(i + 1) * self.label_size]);
-            }
-        }
-        self.next += n;
-        Ok(())
-    }
-}
-
 /// Swaps every element of `data` between big- and little-endian.
 pub fn swap_bytes(data: &mut [u8], size: usize) {
     if size > 1 {

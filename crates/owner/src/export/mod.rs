@@ -68,6 +68,57 @@ pub struct OutputSet {
         std::io::BufWriter<fs::File>,
         PathBuf,
     )>,
+    /// Per file: bytes written since its writeback was last started, and the helper
+    /// that starts it.
+    flushers: Vec<(u64, Flusher)>,
+}
+
+/// Bytes written between two starts of writeback.
+const FLUSH_EVERY: u64 = 64 << 20;
+
+/// A helper thread that syncs a file's data to disk each time it is told to, so that
+/// writeback runs while the file is still being written and the sync at commit has
+/// little left to wait for (the owner's `open` of a large dataset is disk-bound).
+/// Its errors are ignored: the sync at commit reports them.
+struct Flusher {
+    tx: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Flusher {
+    fn new(f: fs::File) -> Flusher {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            while rx.recv().is_ok() {
+                while rx.try_recv().is_ok() {}
+                let _ = f.sync_data();
+            }
+        });
+        Flusher {
+            tx: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    fn kick(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Stops the helper after its current sync.
+    fn stop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl OutputSet {
@@ -94,6 +145,7 @@ impl OutputSet {
             staging,
             force,
             files: vec![],
+            flushers: vec![],
         })
     }
 
@@ -131,6 +183,8 @@ impl OutputSet {
             .tempfile_in(&tmp_dir)
             .map_err(|e| Error::io(&tmp_dir, e))?;
         let f = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
+        let for_flusher = f.try_clone().map_err(|e| Error::io(tmp.path(), e))?;
+        self.flushers.push((0, Flusher::new(for_flusher)));
         self.files
             .push((tmp, std::io::BufWriter::with_capacity(1 << 20, f), target));
         Ok(self.files.len() - 1)
@@ -139,11 +193,21 @@ impl OutputSet {
     /// Appends to output `h`.
     pub fn write(&mut self, h: usize, data: &[u8]) -> Result<()> {
         let (_, w, t) = &mut self.files[h];
-        w.write_all(data).map_err(|e| Error::io(t.clone(), e))
+        w.write_all(data).map_err(|e| Error::io(t.clone(), e))?;
+        let (since, flusher) = &mut self.flushers[h];
+        *since += data.len() as u64;
+        if *since >= FLUSH_EVERY {
+            *since = 0;
+            flusher.kick();
+        }
+        Ok(())
     }
 
     /// Flushes, syncs and puts every file in place, all or none; returns their paths.
     pub fn commit(mut self) -> Result<Vec<PathBuf>> {
+        for (_, f) in &mut self.flushers {
+            f.stop();
+        }
         for (_, w, t) in &mut self.files {
             w.flush().map_err(|e| Error::io(t.clone(), e))?;
             w.get_ref()
