@@ -70,7 +70,9 @@ impl AdminClient {
         Ok(AdminClient {
             base: url.trim_end_matches('/').to_owned(),
             token: Zeroizing::new(token.trim().to_owned()),
-            http: b.build().map_err(|e| transport(e.to_string()))?,
+            http: b
+                .build()
+                .map_err(|e| transport(blindfold_protocol::error_chain(&e)))?,
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -82,7 +84,7 @@ impl AdminClient {
         let url = format!("{}{path}", self.base);
         let transport = |e: reqwest::Error| AdminError::Transport {
             url: url.clone(),
-            what: e.to_string(),
+            what: blindfold_protocol::error_chain(&e),
         };
         self.rt.block_on(async {
             let r = self

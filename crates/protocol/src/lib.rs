@@ -237,3 +237,51 @@ pub struct TokenClaims {
     /// TEE type.
     pub tee: String,
 }
+
+/// An error and its causes on one line (`outer: cause: root cause`), so that a transport
+/// failure says why (refused connection, certificate not trusted, timeout), not only
+/// "error sending request".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for E {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    #[test]
+    fn names_every_cause_once() {
+        let e = E(
+            "error sending request",
+            Some(Box::new(E("connect", Some(Box::new(E("refused", None)))))),
+        );
+        assert_eq!(
+            super::error_chain(&e),
+            "error sending request: connect: refused"
+        );
+        // A cause whose text the outer message already ends with is not repeated.
+        let e = E("tls: refused", Some(Box::new(E("refused", None))));
+        assert_eq!(super::error_chain(&e), "tls: refused");
+    }
+}
