@@ -71,6 +71,19 @@ impl std::fmt::Debug for Released {
     }
 }
 
+/// Makes the process unfit to leak memory through a core dump or a debugger of the same
+/// user: RLIMIT_CORE = 0 and PR_SET_DUMPABLE = 0. Every process that receives a key
+/// (the Burn job, the PyTorch bridge) calls it before fetching one.
+pub fn harden_process() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{setrlimit, Resource};
+        setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+        nix::sys::prctl::set_dumpable(false)?;
+    }
+    Ok(())
+}
+
 /// How to reach the broker.
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
@@ -81,6 +94,11 @@ pub struct FetchOptions {
     /// Job name, checked by the dataset's policy. The client chooses it: it names the
     /// job, it proves nothing.
     pub job: Option<String>,
+    /// SHA-256 (lowercase hex) of the model spec the job trains, checked by policies
+    /// that list the specs they accept. The training job sets it from the spec it
+    /// loaded; like the job name, the broker trusts it as far as it trusts the measured
+    /// code that sends it.
+    pub model: Option<String>,
     /// Accept an `http://` broker URL on a loopback address (127.0.0.0/8, `::1`,
     /// `localhost`). The key itself stays encrypted to the job's ephemeral key, but the
     /// session cookie and the broker's replies (denials, the attestation token) are
@@ -162,7 +180,7 @@ pub fn client(opts: &FetchOptions) -> Result<reqwest::Client, Error> {
     }
     b.build().map_err(|e| Error::Transport {
         url: opts.broker.clone(),
-        what: e.to_string(),
+        what: blindfold_protocol::error_chain(&e),
     })
 }
 
@@ -195,12 +213,15 @@ async fn flow(
     let base = opts.broker.trim_end_matches('/');
     let t = |url: &str, e: reqwest::Error| Error::Transport {
         url: url.into(),
-        what: e.to_string(),
+        what: blindfold_protocol::error_chain(&e),
     };
     let url = format!("{base}/kbs/v0/auth");
     let mut extra = json!({});
     if let Some(j) = &opts.job {
         extra["job"] = json!(j);
+    }
+    if let Some(m) = &opts.model {
+        extra["model"] = json!(m);
     }
     let r = client
         .post(&url)

@@ -10,12 +10,17 @@
 
 mod error;
 pub mod import;
+mod outputs;
 mod reader;
 
 pub use error::{Error, Result};
+pub use outputs::{
+    check_output_location, check_safetensors, write_job_outputs, JobOutputs, OutputSealer,
+    SAFETENSORS_CONTENT_TYPE,
+};
 pub use reader::{
-    claimed_id, inspect, read_manifest, Expected, Inspection, SealedDataset, SealedShard,
-    ShardStatus, VerifyReport, OWNER_PUBLIC_FIELD,
+    claimed_id, claimed_manifest, inspect, read_manifest, Expected, Inspection, SealedDataset,
+    SealedShard, ShardStatus, VerifyReport, OWNER_PUBLIC_FIELD,
 };
 
 /// Receives progress of long operations (the CLI draws bars from it).

@@ -119,9 +119,14 @@ pub fn read_manifest(store: &Store) -> Result<Vec<u8>> {
 
 /// The dataset id a manifest claims, before any authentication.
 pub fn claimed_id(store: &Store) -> Result<DatasetId> {
+    claimed_manifest(store).map(|m| m.dataset_id)
+}
+
+/// The manifest as storage serves it, before any authentication: what it claims (id,
+/// schema) may be false, and is checked once the key opens it.
+pub fn claimed_manifest(store: &Store) -> Result<Manifest> {
     let bytes = read_manifest(store)?;
     Manifest::parse_unverified(&bytes)
-        .map(|m| m.dataset_id)
         .map_err(|e| Error::sealed(format!("{}/{MANIFEST_NAME}", store.location()), e))
 }
 
@@ -149,6 +154,19 @@ impl SealedDataset {
             manifest,
             manifest_sha256: digest,
             key,
+        })
+    }
+
+    /// The same opened dataset over a new connection to its storage. A process forked
+    /// after the dataset was opened (a PyTorch DataLoader worker) needs one: the storage
+    /// runtime's threads do not survive a fork. The manifest stays the one authenticated
+    /// at open; every shard read through the new connection is checked against it.
+    pub fn reconnect(&self) -> Result<SealedDataset> {
+        Ok(SealedDataset {
+            store: Store::open(self.store.location(), false)?,
+            manifest: self.manifest.clone(),
+            manifest_sha256: self.manifest_sha256,
+            key: self.key.clone(),
         })
     }
 

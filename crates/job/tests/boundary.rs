@@ -1,6 +1,7 @@
 //! The trust boundary, enforced by the build: the job binary (what a confidential VM
 //! measures) links no key store, no broker server, no database and no benchmark, in any
-//! of its feature sets. Read from `cargo tree` over the committed lock file.
+//! of its feature sets; nor does the PyTorch bridge, which links no Burn either. Read
+//! from `cargo tree` over the committed lock file.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -116,4 +117,20 @@ fn the_feature_check_sees_the_owners_benchmarks() {
         );
     }
     assert!(pkgs.contains_key("blindfold-owner"));
+}
+
+#[test]
+fn the_pytorch_bridge_links_nothing_of_the_owner_the_broker_or_burn() {
+    // The bridge runs in the zone beside the user's PyTorch: the same rule as the job,
+    // and no Burn either (PyTorch trains; the bridge only decrypts and seals).
+    let pkgs = packages("blindfold-python", "");
+    for wanted in ["blindfold-attest", "blindfold-dataset", "pyo3"] {
+        assert!(pkgs.contains_key(wanted), "{wanted} missing");
+    }
+    for f in FORBIDDEN
+        .iter()
+        .chain(&["blindfold-zone", "blindfold-gpu", "burn", "cubecl"])
+    {
+        assert!(!pkgs.contains_key(*f), "the PyTorch bridge links {f}");
+    }
 }
