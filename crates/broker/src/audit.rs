@@ -57,6 +57,10 @@ pub struct Entry {
     pub dataset: Option<String>,
     /// Job name, if any.
     pub job: Option<String>,
+    /// SHA-256 of the model spec the job declared, if any (absent from entries written
+    /// before model specs, so that their hashes stay what they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     /// TEE type, if any.
     pub tee: Option<String>,
     /// Measurement, if any.
@@ -249,6 +253,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries without a model serialize as they did before the field existed, so the
+    /// hashes of a log written then still verify.
+    #[test]
+    fn an_entry_without_a_model_keeps_its_old_form() {
+        let mut e = Entry::new("release").outcome("granted", "ok");
+        let v = serde_json::to_value(&e).unwrap();
+        assert!(v.get("model").is_none(), "{v}");
+        let old: Entry = serde_json::from_value(v).unwrap();
+        assert_eq!(old.model, None);
+        e.model = Some("ab".repeat(32));
+        assert_eq!(serde_json::to_value(&e).unwrap()["model"], "ab".repeat(32));
+    }
 
     #[test]
     fn long_reasons_are_cut() {

@@ -98,6 +98,7 @@ enum Op {
         id: String,
         claims: Claims,
         job: Option<String>,
+        model: Option<String>,
         now: u64,
         entry: Entry,
         reply: Reply<Result<DatasetRow, Denial>>,
@@ -221,6 +222,7 @@ impl Db {
         id: String,
         claims: Claims,
         job: Option<String>,
+        model: Option<String>,
         now: u64,
         entry: Entry,
     ) -> Result<Result<DatasetRow, Denial>, DbError> {
@@ -228,6 +230,7 @@ impl Db {
             id,
             claims,
             job,
+            model,
             now,
             entry,
             reply,
@@ -341,6 +344,7 @@ fn apply(
             id,
             claims,
             job,
+            model,
             now,
             entry,
             reply,
@@ -355,7 +359,7 @@ fn apply(
                     Some(r) => match Policy::parse(&r.policy) {
                         Err(e) => Err(Denial::Policy(format!("stored policy unreadable: {e}"))),
                         Ok(p) => p
-                            .evaluate(&claims, job.as_deref(), now, r.releases)
+                            .evaluate(&claims, job.as_deref(), model.as_deref(), now, r.releases)
                             .map_err(Denial::Policy),
                     },
                 };

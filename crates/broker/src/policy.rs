@@ -19,6 +19,14 @@ pub fn valid_job_name(job: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Whether `s` is `len` lowercase hex digits: dataset ids (32) and model-spec digests
+/// (64), in the one form the policy and the wire both use, so they compare as strings.
+pub(crate) fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 /// A dataset's policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +40,12 @@ pub struct Policy {
     /// Accepted job names. Empty: any job.
     #[serde(default)]
     pub jobs: Vec<String>,
+    /// Accepted model specs, by the SHA-256 of their file (lowercase hex, what
+    /// `sha256sum spec.toml` prints; `blindfold model spec` prints it too). Empty: any
+    /// model. The job declares the spec it trains; the measured image is what makes
+    /// it keep its word (docs/threat-model.md).
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Unix seconds after which nothing is released.
     #[serde(default)]
     pub expires: Option<u64>,
@@ -148,6 +162,13 @@ impl Policy {
                 check_48_hex(&format!("tdx.rtmr{i}"), m)?;
             }
         }
+        for m in &p.models {
+            if !is_lower_hex(m, 64) {
+                return Err(PolicyError(format!(
+                    "models: {m:?} is not a SHA-256 in lowercase hex (64 characters)"
+                )));
+            }
+        }
         for j in &p.jobs {
             if !valid_job_name(j) {
                 return Err(PolicyError(format!(
@@ -185,6 +206,16 @@ impl Policy {
         if self.measurements.is_empty() && self.tee.iter().any(|t| t != "sample") {
             w.push("this policy lists no measurements: any code in an accepted TEE gets the key (list the launch measurement or MRTD of your job's image)".into());
         }
+        if !self.models.is_empty() {
+            let tdx_unpinned = self.tee.iter().any(|t| t == "tdx")
+                && self
+                    .tdx
+                    .as_ref()
+                    .is_none_or(|t| t.rtmrs().into_iter().all(|l| l.is_empty()));
+            if self.measurements.is_empty() || tdx_unpinned || self.allows_sample() {
+                w.push("this policy lists models, but a job declares its model itself: the list binds only code the policy pins (SNP: measurements; TDX: RTMRs too, since MRTD measures only the firmware), never the sample TEE".into());
+            }
+        }
         if self.jobs.is_empty() {
             w.push("this policy lists no jobs: the job name is the client's choice anyway, not attested; it only keeps honest jobs apart".into());
         }
@@ -196,6 +227,7 @@ impl Policy {
         &self,
         c: &Claims,
         job: Option<&str>,
+        model: Option<&str>,
         now: u64,
         releases: u64,
     ) -> Result<(), String> {
@@ -280,6 +312,15 @@ impl Policy {
                 }
             }
         }
+        // Last, so that a denial names the model only to evidence every other rule
+        // accepts (a guest the policy refuses anyway learns nothing of the list).
+        if !self.models.is_empty() && !model.is_some_and(|m| self.models.iter().any(|x| x == m)) {
+            return Err(match model {
+                Some(m) => format!("model spec {m} not allowed"),
+                None => "the job declared no model spec, and the policy lists the ones it accepts"
+                    .into(),
+            });
+        }
         Ok(())
     }
 }
@@ -310,26 +351,26 @@ mod tests {
         .unwrap();
         // RTMR0 and RTMR2 are not constrained; RTMR1 may take either listed value.
         for r1 in ["11", "12"] {
-            p.evaluate(&tdx_claims(["00", r1, "ff", "33"]), None, 0, 0)
+            p.evaluate(&tdx_claims(["00", r1, "ff", "33"]), None, None, 0, 0)
                 .unwrap();
         }
         let e = p
-            .evaluate(&tdx_claims(["00", "13", "ff", "33"]), None, 0, 0)
+            .evaluate(&tdx_claims(["00", "13", "ff", "33"]), None, None, 0, 0)
             .unwrap_err();
         assert_eq!(e, format!("RTMR1 {} not allowed", "13".repeat(48)));
         let e = p
-            .evaluate(&tdx_claims(["00", "11", "ff", "34"]), None, 0, 0)
+            .evaluate(&tdx_claims(["00", "11", "ff", "34"]), None, None, 0, 0)
             .unwrap_err();
         assert!(e.starts_with("RTMR3 "), "{e}");
         let mut none = tdx_claims(["00", "11", "ff", "33"]);
         none.tdx_rtmrs = None;
         assert_eq!(
-            p.evaluate(&none, None, 0, 0).unwrap_err(),
+            p.evaluate(&none, None, None, 0, 0).unwrap_err(),
             "TDX evidence without RTMRs"
         );
         // Without RTMR rules any value passes.
         let open = Policy::parse("tee = [\"tdx\"]\n").unwrap();
-        open.evaluate(&tdx_claims(["01", "02", "03", "04"]), None, 0, 0)
+        open.evaluate(&tdx_claims(["01", "02", "03", "04"]), None, None, 0, 0)
             .unwrap();
     }
 
@@ -383,11 +424,14 @@ mod tests {
             assert!(e.to_string().contains(field), "{field}: {e}");
         }
         let p = Policy::parse(&format!("tee = [\"snp\"]\n{SNP_RULES}")).unwrap();
-        p.evaluate(&snp_claims(0, false), None, 0, 0).unwrap();
+        p.evaluate(&snp_claims(0, false), None, None, 0, 0).unwrap();
         // One below any minimum is refused.
         let mut low = snp_claims(0, false);
         low.snp.as_mut().unwrap().tcb.microcode = 114;
-        assert!(p.evaluate(&low, None, 0, 0).unwrap_err().contains("below"));
+        assert!(p
+            .evaluate(&low, None, None, 0, 0)
+            .unwrap_err()
+            .contains("below"));
         // A TDX-only policy needs no [snp] table.
         Policy::parse("tee = [\"tdx\"]\n").unwrap();
     }
@@ -396,19 +440,22 @@ mod tests {
     fn snp_vmpl_and_migration_agent_are_refused_unless_allowed() {
         let strict = Policy::parse(&format!("tee = [\"snp\"]\n{SNP_RULES}")).unwrap();
         let e = strict
-            .evaluate(&snp_claims(1, false), None, 0, 0)
+            .evaluate(&snp_claims(1, false), None, None, 0, 0)
             .unwrap_err();
         assert!(e.contains("VMPL 1"), "{e}");
         let e = strict
-            .evaluate(&snp_claims(0, true), None, 0, 0)
+            .evaluate(&snp_claims(0, true), None, None, 0, 0)
             .unwrap_err();
         assert!(e.contains("migration agent"), "{e}");
         let lax = Policy::parse(&format!(
             "tee = [\"snp\"]\n{SNP_RULES}max_vmpl = 1\nallow_migration_agent = true\n"
         ))
         .unwrap();
-        lax.evaluate(&snp_claims(1, true), None, 0, 0).unwrap();
-        assert!(lax.evaluate(&snp_claims(2, false), None, 0, 0).is_err());
+        lax.evaluate(&snp_claims(1, true), None, None, 0, 0)
+            .unwrap();
+        assert!(lax
+            .evaluate(&snp_claims(2, false), None, None, 0, 0)
+            .is_err());
     }
 
     #[test]
@@ -438,5 +485,42 @@ mod tests {
             .warnings();
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("sample"));
+    }
+
+    #[test]
+    fn models_lists_the_spec_digests_it_accepts() {
+        let (a, b) = ("ab".repeat(32), "cd".repeat(32));
+        let p = Policy::parse(&format!(
+            "tee = [\"tdx\"]\nmeasurements = [\"{}\"]\nmodels = [\"{a}\"]\n",
+            "aa".repeat(48)
+        ))
+        .unwrap();
+        let c = tdx_claims(["00", "00", "00", "00"]);
+        p.evaluate(&c, None, Some(&a), 0, 0).unwrap();
+        let e = p.evaluate(&c, None, Some(&b), 0, 0).unwrap_err();
+        assert!(e.contains("model spec") && e.contains(&b), "{e}");
+        let e = p.evaluate(&c, None, None, 0, 0).unwrap_err();
+        assert!(e.contains("declared no model spec"), "{e}");
+        // No list: any model, or none.
+        let open = Policy::parse("tee = [\"tdx\"]\n").unwrap();
+        open.evaluate(&c, None, Some(&b), 0, 0).unwrap();
+        open.evaluate(&c, None, None, 0, 0).unwrap();
+        // Checked last: evidence another rule refuses learns nothing of the list.
+        let pinned = Policy::parse(&format!(
+            "tee = [\"tdx\"]\nmeasurements = [\"{}\"]\nmodels = [\"{a}\"]\n[tdx]\nrtmr1 = [\"{}\"]\n",
+            "aa".repeat(48),
+            "11".repeat(48)
+        ))
+        .unwrap();
+        let e = pinned.evaluate(&c, None, Some(&b), 0, 0).unwrap_err();
+        assert!(e.contains("RTMR1") && !e.contains("model"), "{e}");
+        // A list that no pin binds is warned about (TDX without RTMRs; sample).
+        assert!(p.warnings().iter().any(|w| w.contains("RTMRs")));
+        assert!(!pinned.warnings().iter().any(|w| w.contains("lists models")));
+        // Entries are digests, in the form sha256sum prints.
+        for bad in ["AB".repeat(32), "ab".repeat(31), "lenet5".into()] {
+            let e = Policy::parse(&format!("tee = [\"tdx\"]\nmodels = [\"{bad}\"]\n"));
+            assert!(e.unwrap_err().to_string().contains("SHA-256"), "{bad}");
+        }
     }
 }

@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 use crate::audit::{bounded, Entry};
 use crate::db::{Conflict, DatasetRow, Db, Denial};
 use crate::error::{Error, Result};
-use crate::policy::{valid_job_name, Policy, MAX_JOB_NAME};
+use crate::policy::{is_lower_hex, valid_job_name, Policy, MAX_JOB_NAME};
 use crate::session::{self, SessionError, Sessions};
 use crate::verifier::{self, Rejection, Verifier};
 
@@ -344,6 +344,18 @@ async fn auth(
             )
         }
     };
+    // The SHA-256 of the model spec the job will train (lowercase hex), for policies
+    // that list the specs they accept.
+    let model = match v.get("extra-params").and_then(|p| p.get("model")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) if is_lower_hex(m, 64) => Some(m.clone()),
+        Some(_) => {
+            return fail(
+                ErrorCode::MalformedRequest,
+                "extra-params.model must be a SHA-256 in lowercase hex (64 characters)",
+            )
+        }
+    };
     let (nonce, sid) = match (random::<32>(), random::<16>()) {
         (Ok(n), Ok(s)) => (STANDARD.encode(n), hex::encode(s)),
         _ => return internal("random"),
@@ -354,6 +366,7 @@ async fn auth(
             nonce: nonce.clone(),
             tee,
             job,
+            model,
         },
         peer.ip(),
         Instant::now(),
@@ -423,7 +436,12 @@ async fn attest(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body)
         Err(r) => return r,
     };
     // Take the session's challenge; whatever happens next, this nonce is spent.
-    let session::Challenge { nonce, tee, job } = match st
+    let session::Challenge {
+        nonce,
+        tee,
+        job,
+        model,
+    } = match st
         .sessions
         .lock()
         .expect("session lock")
@@ -435,6 +453,7 @@ async fn attest(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body)
     let mut entry = Entry::new("attest");
     entry.tee = Some(tee.clone());
     entry.job = job.clone();
+    entry.model = model.clone();
     entry.insecure_sample = tee == "sample";
     let deny = |st: &AppState, entry: Entry, code: ErrorCode, reason: String| {
         let r = st.db.audit(entry.outcome("denied", &reason));
@@ -515,10 +534,7 @@ async fn resource(
 ) -> Response {
     if repo != blindfold_protocol::RESOURCE_REPO
         || kind != blindfold_protocol::RESOURCE_TYPE
-        || tag.len() != 32
-        || !tag
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        || !is_lower_hex(&tag, 32)
     {
         return fail(ErrorCode::NotFound, "no such resource");
     }
@@ -536,6 +552,7 @@ async fn resource(
         pubkey,
         claims,
         job,
+        model,
     } = match st
         .sessions
         .lock()
@@ -548,13 +565,14 @@ async fn resource(
     let mut entry = Entry::new("release");
     entry.dataset = Some(tag.clone());
     entry.job = job.clone();
+    entry.model = model.clone();
     entry.tee = Some(claims.tee.clone());
     entry.measurement = claims.measurement.clone();
     entry.insecure_sample = claims.insecure;
     let db = st.db.clone();
-    let (t2, c2, j2) = (tag.clone(), claims.clone(), job.clone());
+    let (t2, c2, j2, m2) = (tag.clone(), claims.clone(), job.clone(), model.clone());
     let decision =
-        tokio::task::spawn_blocking(move || db.release(t2, c2, j2, now_secs(), entry)).await;
+        tokio::task::spawn_blocking(move || db.release(t2, c2, j2, m2, now_secs(), entry)).await;
     let row = match decision {
         Ok(Ok(Ok(row))) => row,
         Ok(Ok(Err(Denial::Unknown))) => return fail(ErrorCode::NotFound, "no such dataset"),

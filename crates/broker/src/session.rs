@@ -47,6 +47,7 @@ pub(crate) struct Challenge {
     pub nonce: String,
     pub tee: String,
     pub job: Option<String>,
+    pub model: Option<String>,
 }
 
 /// What a resource request needs from an attested session.
@@ -55,6 +56,7 @@ pub(crate) struct Attested {
     pub pubkey: TeePubKey,
     pub claims: Claims,
     pub job: Option<String>,
+    pub model: Option<String>,
 }
 
 /// The tables' bounds.
@@ -217,6 +219,7 @@ impl Sessions {
                     pubkey,
                     claims,
                     job: p.challenge.job,
+                    model: p.challenge.model,
                 },
                 // The session's life still counts from its challenge.
                 created: p.created,
@@ -267,6 +270,7 @@ mod tests {
             nonce: format!("nonce-{n}"),
             tee: "sample".into(),
             job: Some("cnn".into()),
+            model: None,
         }
     }
 

@@ -71,6 +71,7 @@ impl Broker {
                 broker: self.url.clone(),
                 ca_cert_pem: None,
                 job: job.map(str::to_owned),
+                model: None,
                 insecure_http: true,
             },
             id,

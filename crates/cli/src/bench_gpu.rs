@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::bench_train::{alternate, summary, Setup};
 use crate::Failure;
-use blindfold_job::{Bars, DeviceArg, ModelArg};
+use blindfold_job::{Bars, DeviceArg};
 
 #[derive(Args)]
 pub struct BenchGpuArgs {
@@ -20,9 +20,9 @@ pub struct BenchGpuArgs {
     /// on a machine without a GPU, where figures say nothing about GPUs).
     #[arg(long, value_enum, default_value = "cuda")]
     device: DeviceArg,
-    /// Model for the training comparison.
-    #[arg(long, value_enum, default_value = "lenet5")]
-    model: ModelArg,
+    /// Model for the training comparison: built in or a spec file (*.toml).
+    #[arg(long, default_value = "lenet5", value_name = "NAME|SPEC.toml")]
+    model: String,
     /// Epochs per training run (0: measure decryption only).
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -60,14 +60,14 @@ pub fn run(a: &BenchGpuArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
         )
         .into());
     }
-    let cfg = TrainConfig {
-        model: a.model.into(),
+    let mut cfg = TrainConfig {
         epochs: a.epochs.max(1),
         batch_size: a.batch_size,
         seed: a.seed,
         device: kind,
         ..TrainConfig::default()
     };
+    cfg.set_model(&a.model)?;
     cfg.check()?;
     // The device kernel decrypts ChaCha20-Poly1305.
     let setup = Setup::new(&a.data, &a.dir, Suite::ChaCha20Poly1305, bars)?;
@@ -106,7 +106,7 @@ pub fn run(a: &BenchGpuArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
             kind.name(),
             sealed_s / plaintext_s
         );
-        out["model"] = json!(cfg.model.name());
+        out["model"] = json!(cfg.model);
         out["epochs"] = json!(cfg.epochs);
         out["sealed_s"] = json!(sealed_s);
         out["plaintext_s"] = json!(plaintext_s);

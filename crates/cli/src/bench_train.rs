@@ -16,13 +16,13 @@ use serde_json::json;
 
 use crate::local_broker::LocalBroker;
 use crate::Failure;
-use blindfold_job::{epoch_line, Bars, EpochBars, ModelArg};
+use blindfold_job::{epoch_line, Bars, EpochBars};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
-    /// Model.
-    #[arg(long, value_enum, default_value = "lenet5")]
-    model: ModelArg,
+    /// Model: built in (mlp, lenet5, cnn) or a spec file (*.toml, docs/model-spec.md).
+    #[arg(long, default_value = "lenet5", value_name = "NAME|SPEC.toml")]
+    model: String,
     /// Epochs per run.
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -32,7 +32,7 @@ pub struct BenchTrainArgs {
     /// Records per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Adam learning rate.
+    /// Learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     /// Seed.
@@ -247,14 +247,14 @@ pub fn summary(sealed: &[JobReport], plain: &[JobReport]) -> (f64, f64, bool) {
 }
 
 pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
-    let cfg = TrainConfig {
-        model: a.model.into(),
+    let mut cfg = TrainConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
         ..TrainConfig::default()
     };
+    cfg.set_model(&a.model)?;
     cfg.check()?;
     let setup = Setup::new(&a.data, &a.dir, Suite::Aes256Gcm, bars)?;
     let (sealed_runs, plain_runs) = alternate(&setup, &a.data, 0, a.rounds, &cfg, bars, quiet)?;
@@ -276,7 +276,7 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
     println!(
         "{}",
         json!({
-            "model": cfg.model.name(),
+            "model": cfg.model,
             "epochs": cfg.epochs,
             "sealed_s": sealed_s,
             "plaintext_s": plaintext_s,

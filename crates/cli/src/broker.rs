@@ -154,6 +154,10 @@ pub struct FetchArgs {
     /// Job name, checked by the policy.
     #[arg(long, value_name = "NAME")]
     job: Option<String>,
+    /// Declare this model (built in, or a spec file): its SHA-256 is checked by a
+    /// policy that lists `models`.
+    #[arg(long, value_name = "NAME|SPEC.toml")]
+    model: Option<String>,
     /// The broker's TLS certificate to trust.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -414,6 +418,12 @@ pub fn run(
                 broker: a.broker.clone(),
                 ca_cert_pem: ca,
                 job: a.job.clone(),
+                model: a
+                    .model
+                    .as_deref()
+                    .map(blindfold_zone::spec::Spec::load)
+                    .transpose()?
+                    .map(|s| s.sha256_hex()),
                 insecure_http: a.insecure_http,
             };
             let r = blindfold_attest::fetch_key(&opts, &a.dataset, &ev)?;

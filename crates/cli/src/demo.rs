@@ -12,7 +12,7 @@ use blindfold_store::Store;
 
 use blindfold_zone::data::Splits;
 use blindfold_zone::job::{self, Source};
-use blindfold_zone::model::{self, Arch};
+use blindfold_zone::model;
 use blindfold_zone::train::TrainConfig;
 
 use crate::local_broker::LocalBroker;
@@ -22,8 +22,8 @@ use blindfold_job::EpochBars;
 
 /// What the demo trains.
 pub struct DemoTraining {
-    /// Model.
-    pub model: Arch,
+    /// Model: built in or a spec file.
+    pub model: String,
     /// Epochs.
     pub epochs: usize,
     /// No progress bars.
@@ -197,11 +197,11 @@ pub fn run(
     };
     eprintln!("   a job named \"other\" is refused: {denied}");
 
-    let cfg = TrainConfig {
-        model: training.model,
+    let mut cfg = TrainConfig {
         epochs: training.epochs,
         ..TrainConfig::default()
     };
+    cfg.set_model(&training.model)?;
     let splits = Splits::default();
     eprintln!(
         "6. training job (trusted zone): attest, receive the key, decrypt in memory, train {} for {} epoch(s), seal the model to the owner",
@@ -249,7 +249,7 @@ pub fn run(
         &weights,
         fs::write(&weights, &model::to_safetensors(&net, &spec)?[..]),
     )?;
-    let eval = blindfold_zone::eval::evaluate(&weights, data, None, "test")?;
+    let eval = blindfold_zone::eval::evaluate(&weights, data, None, "test", false)?;
 
     eprintln!("9. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
     copy_dir(&sealed, &tampered)?;

@@ -58,6 +58,7 @@ impl LocalBroker {
             broker: self.url.clone(),
             ca_cert_pem: Some(self.ca_pem.clone()),
             job: Some(job.into()),
+            model: None,
             insecure_http: false,
         }
     }

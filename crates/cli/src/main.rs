@@ -138,7 +138,7 @@ enum Cmd {
     /// The owner's side of a trained model.
     #[command(subcommand)]
     Model(model::ModelCmd),
-    /// Evaluate opened weights on a plaintext test set: accuracy and confusion matrix.
+    /// Evaluate opened weights on a plaintext test set: accuracy and confusion matrix (RMSE and R² for a regression model).
     Eval(model::EvalArgs),
     /// Run the whole story on Fashion-MNIST, end to end, in a scratch folder.
     ///
@@ -294,9 +294,9 @@ struct DemoArgs {
     /// Where Fashion-MNIST's IDX files are.
     #[arg(long, default_value = demo::FASHION_MNIST)]
     data: PathBuf,
-    /// Model the demo trains.
-    #[arg(long, value_enum, default_value = "lenet5")]
-    model: blindfold_job::ModelArg,
+    /// Model the demo trains: built in (mlp, lenet5, cnn) or a spec file (*.toml).
+    #[arg(long, default_value = "lenet5", value_name = "NAME|SPEC.toml")]
+    model: String,
     /// Epochs the demo trains (LeNet-5: about 20 s each here).
     #[arg(long, default_value_t = 1)]
     epochs: usize,
@@ -332,7 +332,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let bars = Bars::new(g.quiet);
     match cli.command {
         Cmd::Train(a) => return Ok(blindfold_job::train(&a, &bars, g.quiet)?),
-        Cmd::Model(m) => return model::model(&m, &open_keystore(g)?),
+        Cmd::Model(m) => return model::model(&m, || open_keystore(g).map_err(Failure::from)),
         Cmd::Eval(a) => return model::eval(&a),
         Cmd::Bench(BenchCmd::Train(a)) => return bench_train::run(&a, &bars, g.quiet),
         Cmd::Bench(BenchCmd::Gpu(a)) => return bench_gpu::run(&a, &bars, g.quiet),
@@ -438,6 +438,13 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
                 a.out,
                 r.version
             );
+            if r.leftovers_removed > 0 {
+                eprintln!(
+                    "removed {} shard objects the new manifest does not list (an earlier \
+                     version's, or left by an interrupted seal)",
+                    r.leftovers_removed
+                );
+            }
             println!("{}", r.dataset_id);
         }
         Cmd::Open(a) => {
@@ -498,7 +505,7 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
             &a.workdir,
             &a.data,
             &demo::DemoTraining {
-                model: a.model.into(),
+                model: a.model.clone(),
                 epochs: a.epochs,
                 quiet: g.quiet,
             },

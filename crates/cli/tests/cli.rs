@@ -299,33 +299,33 @@ fn export_kbs_resource() {
 
 /// The broker commands end to end over TLS: init, serve, register, fetch-key (granted,
 /// then denied by the policy), revoke, audit --verify, and a tampered audit log.
-/// Starts `blindfold broker serve` on a free loopback port over `dir`; returns the
-/// process and its URL once it accepts connections.
+/// Starts `blindfold broker serve` on a loopback port the kernel picks (`:0`, so that no
+/// other test can take it between a probe and the bind); returns the process and the URL
+/// it printed once listening. Its stderr is drained on a thread so that it never blocks.
 fn serve_broker(e: &Env, dir: &str) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = std::process::Command::new(assert_cmd::cargo::cargo_bin("blindfold"))
+    use std::io::BufRead;
+    let mut server = std::process::Command::new(assert_cmd::cargo::cargo_bin("blindfold"))
         .current_dir(e.path())
-        .args([
-            "broker",
-            "serve",
-            "--dir",
-            dir,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stderr(std::process::Stdio::null())
+        .args(["broker", "serve", "--dir", dir, "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let t = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed().as_secs() < 20, "broker did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    (server, format!("https://127.0.0.1:{port}"))
+    let stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("broker listening on ") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("broker did not start");
+    (server, url)
 }
 
 #[test]
@@ -471,7 +471,10 @@ fn broker_commands_over_tls() {
         ],
         0,
     );
-    assert!(out.contains("mlp for input [1, 3, 3], 10 classes"), "{out}");
+    assert!(
+        out.contains("mlp (spec sha256 ") && out.contains(") for input [1, 3, 3], 10 classes"),
+        "{out}"
+    );
     assert!(out.contains("\"weights_sha256\""), "{out}");
     e.run(
         &[
@@ -622,6 +625,11 @@ fn adversarial_review_reproductions() {
         .to_owned();
     assert!(!job_output.contains(&digest), "{job_output}");
     assert!(!job_output.contains("weights_sha256"), "{job_output}");
+    // --quiet withholds the per-epoch figures (data statistics) from --json too.
+    assert!(
+        job_output.contains("\"epochs\":[]") && !job_output.contains("\"loss\""),
+        "{job_output}"
+    );
 
     // 2. Revocation is final: registering again is refused, the key stays withheld.
     e.run(
@@ -731,7 +739,7 @@ fn a_planted_model_is_refused() {
     // Real weights of the model the header names: a planted model is refused for who
     // sealed it, not for what it holds.
     let spec = blindfold_zone::model::ModelSpec {
-        arch: blindfold_zone::model::Arch::Mlp,
+        spec: blindfold_zone::spec::Spec::builtin("mlp").unwrap(),
         input: [1, 3, 3],
         classes: 10,
     };
@@ -749,7 +757,7 @@ fn a_planted_model_is_refused() {
             "model",
             "burnpack",
             source,
-            serde_json::json!({"model": "mlp", "input": [1, 3, 3], "classes": 10, "run": "00"}),
+            serde_json::json!({"model": "mlp", "spec": spec.spec.text, "input": [1, 3, 3], "classes": 10, "run": "00"}),
         );
         let sealed =
             blindfold_format::seal_output(&public, &header, key, bytes, "model.sealed").unwrap();
@@ -817,6 +825,41 @@ fn a_planted_model_is_refused() {
         assert!(out.contains("model weights do not load"), "{out}");
         assert!(!e.path().join("w0").exists());
     }
+    // A model sealed before model specs (its header names no spec): Burnpack as
+    // sealed, not loaded (its tensors have the old names); safetensors says so.
+    let header = blindfold_format::OutputHeader::new(
+        "model",
+        "burnpack",
+        None,
+        serde_json::json!({"model": "mlp", "input": [1, 3, 3], "classes": 10, "run": "00"}),
+    );
+    let sealed =
+        blindfold_format::seal_output(&public, &header, None, b"old names", "model.sealed")
+            .unwrap();
+    fs::create_dir_all(e.path().join("legacy")).unwrap();
+    fs::write(e.path().join("legacy/model.sealed"), sealed).unwrap();
+    for (format, code) in [("safetensors", 3), ("burnpack", 0)] {
+        let out = e.run(
+            &[
+                "model",
+                "open",
+                "legacy",
+                "--out",
+                format,
+                "--format",
+                format,
+                "--danger-unauthenticated",
+            ],
+            code,
+        );
+        let want = if code == 0 {
+            "sealed before model specs"
+        } else {
+            "open it with --format burnpack"
+        };
+        assert!(out.contains(want), "{out}");
+    }
+    assert_eq!(fs::read(e.path().join("burnpack")).unwrap(), b"old names");
     // Claiming the real dataset and version, but sealed without its key.
     let source = blindfold_format::OutputSource {
         dataset_id: insp["dataset_id"].as_str().unwrap().into(),
@@ -897,4 +940,197 @@ fn broker_tdx_collateral() {
     let out = e.run(&["broker", "tdx-collateral", "--dir", "brk", "bad.json"], 3);
     assert!(out.contains("bad.json: not TDX quote collateral"), "{out}");
     assert_eq!(fs::read_dir(&store).unwrap().count(), 1);
+}
+
+/// A seal killed (SIGKILL) halfway publishes nothing, and a second seal to the same
+/// DEST succeeds and removes what the first left: complete but unpublished shards, and
+/// the partial upload it was writing.
+#[test]
+fn a_killed_seal_publishes_nothing_and_the_next_seal_cleans_up() {
+    let e = Env::new();
+    e.run(&["keys", "init"], 0);
+    // 256 shards of 1 MiB: the first appears long before the last.
+    let input = e.path().join("big.bin");
+    let mut data = vec![0u8; 256 << 20];
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = (i * 31 % 251) as u8;
+    }
+    fs::write(&input, &data).unwrap();
+    drop(data);
+    let shards = e.path().join("sealed/shards");
+    let count = |dir: &Path| fs::read_dir(dir).map_or(0, |d| d.count());
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("blindfold"))
+        .current_dir(e.path())
+        .env("BLINDFOLD_HOME", e.path().join("home"))
+        .args([
+            "seal", "big.bin", "--format", "raw", "--out", "sealed", "-q",
+        ])
+        .args(["--shard-size", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while count(&shards) < 3 {
+        assert!(t.elapsed().as_secs() < 60, "the seal wrote no shard");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the seal finished before it could be killed"
+    );
+    child.kill().unwrap(); // SIGKILL: no destructor, no cleanup runs
+    child.wait().unwrap();
+    assert!(!e.path().join("sealed/manifest.bfm").exists());
+    let left = count(&shards);
+    assert!(left >= 3, "{left}");
+    // Nothing was recorded either: the key store records a dataset just before publishing.
+    let shown = e.run(&["keys", "show"], 0);
+    assert!(shown.contains("datasets: 0"), "{shown}");
+
+    let out = e.run(
+        &[
+            "seal", "big.bin", "--format", "raw", "--out", "sealed", "-q",
+        ],
+        0,
+    );
+    assert!(
+        out.contains("shard objects the new manifest does not list"),
+        "{out}"
+    );
+    // One 256 MiB shard is all the folder holds now, and it verifies.
+    let names: Vec<String> = fs::read_dir(&shards)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].ends_with(".bfs"), "{names:?}");
+    e.run(&["verify", "sealed"], 0);
+}
+
+/// `model spec` prints the digest a policy lists (sha256sum's form, over the file's
+/// bytes) and checks a spec against a record shape, naming the layer that does not fit.
+#[test]
+fn model_specs() {
+    let e = Env::new();
+    let o = e.cmd(&["model", "spec", "lenet5", "--input", "1,28,28"]);
+    assert_eq!(o.status.code(), Some(0));
+    let want = hex::encode(sha2::Sha256::digest(include_bytes!(
+        "../../../models/lenet5.toml"
+    )));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        format!("{want}  lenet5\n")
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("61706 parameters"));
+    fs::write(
+        e.path().join("bad.toml"),
+        "name = \"bad\"\n[[layer]]\ntype = \"conv2d\"\nout = 4\nkernel = 3\n[[layer]]\ntype = \"linear\"\nout = 8\n",
+    )
+    .unwrap();
+    let out = e.run(&["model", "spec", "bad.toml", "--input", "1,8,8"], 3);
+    assert!(
+        out.contains("layer 2 (linear): needs flat features, but its input is 4×6×6 images"),
+        "{out}"
+    );
+    let out = e.run(&["model", "spec", "nothing-here"], 3);
+    assert!(out.contains("not a built-in model"), "{out}");
+}
+
+/// Real-valued labels end to end: a CSV whose label column holds real numbers imports
+/// as f32 labels, a regression spec learns them (held-out validation and test splits),
+/// and `eval` reports the RMSE and writes each prediction.
+#[test]
+fn regression_on_a_csv() {
+    let e = Env::new();
+    let keys = e.run(&["keys", "init"], 0);
+    let key = keys
+        .split("identity (X25519, HPKE): ")
+        .nth(1)
+        .unwrap()
+        .get(..64)
+        .unwrap()
+        .to_owned();
+    let table = |from: usize, to: usize| {
+        let mut csv = String::from("x0,x1,label\n");
+        for i in from..to {
+            let x0 = (i * 37 % 101) as f32 / 10.0;
+            let x1 = (i * 61 % 103) as f32 / 10.0;
+            csv.push_str(&format!("{x0},{x1},{}\n", 3.0 * x0 - 2.0 * x1 + 0.5));
+        }
+        csv
+    };
+    fs::write(e.path().join("t.csv"), table(0, 300)).unwrap();
+    // Records the job never saw, for eval.
+    fs::write(e.path().join("unseen.csv"), table(300, 400)).unwrap();
+    fs::write(
+        e.path().join("reg.toml"),
+        "name = \"reg\"\nstandardize = true\n[head]\ntype = \"regression\"\n[optimizer]\ntype = \"sgd\"\nmomentum = 0.9\n",
+    )
+    .unwrap();
+    let args = [
+        "train",
+        "--plaintext",
+        "t.csv",
+        "--train-split",
+        "data",
+        "--owner-key",
+        &key,
+        "--out",
+        "m",
+        "--model",
+        "reg.toml",
+        "--epochs",
+        "20",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.01",
+        "--holdout",
+        "0.2",
+    ];
+    let out = e.run(&args, 0);
+    assert!(out.contains("test RMSE"), "{out}");
+    e.run(
+        &[
+            "model",
+            "open",
+            "m",
+            "--out",
+            "w.safetensors",
+            "--danger-unauthenticated",
+        ],
+        0,
+    );
+    let out = e.run(
+        &[
+            "eval",
+            "--model",
+            "w.safetensors",
+            "--test",
+            "unseen.csv",
+            "--split",
+            "data",
+            "--predictions",
+            "p.csv",
+        ],
+        0,
+    );
+    let rmse: f64 = out
+        .split("RMSE ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rmse < 0.1, "{out}");
+    let p = fs::read_to_string(e.path().join("p.csv")).unwrap();
+    assert!(p.starts_with("record,label,predicted\n0,"), "{}", &p[..60]);
+    assert_eq!(p.lines().count(), 101);
+    // A classifier on these labels is refused, naming the head to use.
+    let mut bad = args;
+    bad[10] = "mlp";
+    bad[8] = "m2";
+    let out = e.run(&bad, 3);
+    assert!(out.contains("regression"), "{out}");
 }

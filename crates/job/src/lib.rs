@@ -16,7 +16,7 @@ mod train;
 
 pub use fault::{exit_table, Failure, Fault};
 pub use progress::{epoch_line, Bars, EpochBars};
-pub use train::{train, DeviceArg, EvidenceArgs, ModelArg, TrainArgs};
+pub use train::{train, DeviceArg, EvidenceArgs, TrainArgs};
 
 /// Logs to stderr, filtered by `$BLINDFOLD_LOG` (off by default).
 pub fn init_logging() {

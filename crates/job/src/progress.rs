@@ -91,10 +91,12 @@ impl TrainProgress for EpochBars {
     fn step(&self, done: u64, loss: f64, accuracy: f64, samples_per_s: f64) {
         if let Some(b) = &*self.bar.lock().expect("progress lock") {
             b.set_position(done);
-            b.set_message(format!(
-                "loss {loss:.4} acc {:.2}% {samples_per_s:.0} samples/s",
-                accuracy * 100.0
-            ));
+            let acc = if accuracy.is_nan() {
+                String::new()
+            } else {
+                format!(" acc {:.2}%", accuracy * 100.0)
+            };
+            b.set_message(format!("loss {loss:.4}{acc} {samples_per_s:.0} samples/s"));
         }
     }
 
@@ -111,11 +113,23 @@ impl TrainProgress for EpochBars {
 
 /// One line per epoch, as printed after its bar.
 pub fn epoch_line(m: &EpochMetrics) -> String {
+    if let Some(rmse) = m.train_rmse {
+        let opt = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
+        return format!(
+            "epoch {}: loss (MSE) {:.4}, train RMSE {rmse:.4}, validation RMSE {}, test RMSE {}, {:.1} s, {:.0} samples/s",
+            m.epoch,
+            m.loss,
+            opt(m.validation_rmse),
+            opt(m.test_rmse),
+            m.seconds,
+            m.samples_per_s
+        );
+    }
     format!(
         "epoch {}: loss {:.4}, train accuracy {:.2}%, test accuracy {}, {:.1} s, {:.0} samples/s",
         m.epoch,
         m.loss,
-        m.train_accuracy * 100.0,
+        m.train_accuracy.unwrap_or(0.0) * 100.0,
         m.test_accuracy
             .map_or("n/a".into(), |a| format!("{:.2}%", a * 100.0)),
         m.seconds,

@@ -9,33 +9,11 @@ use blindfold_store::Store;
 use blindfold_zone::data::Splits;
 use blindfold_zone::device::DeviceKind;
 use blindfold_zone::job::{self, Source};
-use blindfold_zone::model::Arch;
 use blindfold_zone::train::TrainConfig;
 use clap::{Args, ValueEnum};
 
 use crate::fault::Failure;
 use crate::progress::{Bars, EpochBars};
-
-/// The built-in models.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ModelArg {
-    /// Flatten → 256 → 128 → classes.
-    Mlp,
-    /// LeNet-5: conv 6@5×5 → pool → conv 16@5×5 → pool → 120 → 84 → classes.
-    Lenet5,
-    /// conv 32@3×3 → pool → conv 64@3×3 → pool → 128 → classes (90.4% on Fashion-MNIST after 3 epochs).
-    Cnn,
-}
-
-impl From<ModelArg> for Arch {
-    fn from(m: ModelArg) -> Arch {
-        match m {
-            ModelArg::Mlp => Arch::Mlp,
-            ModelArg::Lenet5 => Arch::Lenet5,
-            ModelArg::Cnn => Arch::Cnn,
-        }
-    }
-}
 
 /// Where training runs.
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,22 +52,33 @@ pub struct TrainArgs {
     #[arg(long, value_name = "MODEL_DEST")]
     out: String,
     /// A training configuration (JSON, as saved in train.json's "config", or TOML with
-    /// the same fields: model, epochs, batch_size, lr, seed, device). Flags override it.
+    /// the same fields: model, model_spec, epochs, batch_size, lr, seed, device,
+    /// holdout). Flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Model.
-    #[arg(long, value_enum)]
-    model: Option<ModelArg>,
+    /// Model: built in (`mlp`, `lenet5`, `cnn`: the specs in models/) or a spec file
+    /// (`*.toml`: layers, head, optimizer, schedule, early stopping; see
+    /// docs/model-spec.md). Its SHA-256 goes into train.json and the sealed metrics, and
+    /// to the broker, whose policy may list the specs it accepts [default: lenet5].
+    #[arg(long, value_name = "NAME|SPEC.toml")]
+    model: Option<String>,
+    /// Hold out this share of the training split (by --seed) as a validation split
+    /// (validation loss per epoch, early stopping) and, when the dataset has no test
+    /// split, as much again as the test split. 0 < FRACTION ≤ 0.4; CPU only.
+    #[arg(long, value_name = "FRACTION")]
+    holdout: Option<f64>,
     /// Passes over the training split [default: 1].
     #[arg(long)]
     epochs: Option<usize>,
     /// Records per step [default: 64].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Adam learning rate [default: 0.001].
+    /// Learning rate of the spec's optimizer (of the first epoch under a schedule)
+    /// [default: 0.001].
     #[arg(long)]
     lr: Option<f64>,
-    /// Seed of the initial weights and of every epoch's shuffle [default: 42].
+    /// Seed of the initial weights, of every epoch's shuffle and of the held-out records
+    /// [default: 42].
     #[arg(long)]
     seed: Option<u64>,
     /// Where to train [default: cpu]. `cuda` (NVIDIA GPU) and `wgpu` (any Vulkan
@@ -173,8 +162,11 @@ fn config(a: &TrainArgs) -> Result<TrainConfig, Failure> {
         None => TrainConfig::default(),
         Some(p) => TrainConfig::from_file(p)?,
     };
-    if let Some(m) = a.model {
-        cfg.model = m.into();
+    if let Some(m) = &a.model {
+        cfg.set_model(m)?;
+    }
+    if let Some(h) = a.holdout {
+        cfg.holdout = Some(h);
     }
     if let Some(v) = a.epochs {
         cfg.epochs = v;
@@ -224,6 +216,7 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
                 broker: a.broker.clone(),
                 ca_cert_pem: a.ca_cert.as_deref().map(read).transpose()?,
                 job: a.job.clone(),
+                model: None,
                 insecure_http: a.insecure_http,
             };
             Source::Sealed {
@@ -248,7 +241,13 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
         _ => unreachable!("clap requires exactly one of --dataset and --plaintext"),
     };
     let out = Store::open(&a.out, true)?;
-    let (report, _trained) = job::run(source, &splits, &cfg, &out, bars, &EpochBars::new(quiet))?;
+    let (mut report, _trained) =
+        job::run(source, &splits, &cfg, &out, bars, &EpochBars::new(quiet))?;
+    if quiet {
+        // --quiet withholds the per-epoch figures (data statistics) from the JSON report
+        // too; they are in the sealed metrics.
+        report.epochs.clear();
+    }
     eprintln!(
         "trained {} ({}) in {:.1} s: key {:.3} s, load {:.3} s, train {:.1} s, seal+write {:.3} s",
         cfg.model,

@@ -51,10 +51,17 @@ pub struct Dataset {
     pub schema: Schema,
     /// Training records.
     pub train: SplitRecords,
-    /// Test records, when the dataset has the test split.
+    /// Validation records, held out of the training split ([`Dataset::hold_out`]).
+    pub validation: Option<SplitRecords>,
+    /// Test records, when the dataset has the test split (or one was held out).
     pub test: Option<SplitRecords>,
-    /// Number of classes: the largest training label plus one.
+    /// Number of classes: the largest training label plus one (1 when the labels are
+    /// not classes).
     pub classes: usize,
+    /// Why the labels cannot be a classifier's (real values, negative, too many, a
+    /// test label the training split never uses), if so: a regression head may still
+    /// train on them.
+    class_problem: Option<String>,
 }
 
 /// Which splits to use.
@@ -81,11 +88,6 @@ fn check_schema(schema: &Schema) -> Result<DType> {
             "the dataset's records carry no label: nothing to train a classifier on".into(),
         )
     })?;
-    if matches!(label, DType::F32 | DType::F64) {
-        return Err(Error::BadInput(format!(
-            "labels are {label}: a classifier needs integer class labels"
-        )));
-    }
     if schema.elements() == 0 {
         return Err(Error::BadInput("records have no features".into()));
     }
@@ -155,7 +157,7 @@ impl Dataset {
         check_schema(&schema)?;
         let train = read_sealed_split(ds, &splits.train, progress)?.ok_or_else(|| {
             Error::BadInput(format!(
-                "the dataset has no split {:?} (it has: {})",
+                "the dataset has no split {:?} (it has: {}; choose one with --train-split)",
                 splits.train,
                 ds.manifest()
                     .splits
@@ -178,6 +180,12 @@ impl Dataset {
     ) -> Result<Self> {
         let schema = import.schema.clone();
         check_schema(&schema)?;
+        let names = import
+            .splits
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut read = |name: &str| -> Result<Option<SplitRecords>> {
             let Some(src) = import.splits.iter_mut().find(|s| s.name == name) else {
                 return Ok(None);
@@ -194,8 +202,12 @@ impl Dataset {
                 count: src.records as usize,
             }))
         };
-        let train = read(&splits.train)?
-            .ok_or_else(|| Error::BadInput(format!("the input has no split {:?}", splits.train)))?;
+        let train = read(&splits.train)?.ok_or_else(|| {
+            Error::BadInput(format!(
+                "the input has no split {:?} (it has: {names}; choose one with --train-split)",
+                splits.train
+            ))
+        })?;
         let test = read(&splits.test)?;
         Self::new(schema, train, test)
     }
@@ -233,43 +245,101 @@ impl Dataset {
         let label = check_schema(&schema)?;
         let fs = schema.feature_size();
         let rs = schema.record_size();
-        let mut max = 0i64;
-        for split in std::iter::once(&train).chain(test.as_ref()) {
-            for r in split.bytes.chunks_exact(rs) {
-                let l = decode_label(label, &r[fs..]);
-                if l < 0 {
+        if is_real(label) {
+            // Real values, for a regression head: every value finite.
+            for split in std::iter::once(&train).chain(test.as_ref()) {
+                if split
+                    .bytes
+                    .chunks_exact(rs)
+                    .any(|r| !decode_value(label, &r[fs..]).is_finite())
+                {
                     return Err(Error::BadInput(format!(
-                        "split {:?} has a negative label",
+                        "split {:?} has a label that is not a finite f32",
                         split.name
                     )));
                 }
-                if std::ptr::eq(split, &train) {
-                    max = max.max(l);
-                }
             }
+            return Ok(Dataset {
+                schema,
+                train,
+                validation: None,
+                test,
+                classes: 1,
+                class_problem: Some(
+                    "the labels are real values (f32): a classification head needs integer class labels; use [head] type = \"regression\"".into(),
+                ),
+            });
         }
-        let classes = (max as usize + 1).max(2);
-        if classes > 100_000 {
-            return Err(Error::BadInput(format!(
-                "labels up to {max}: too many classes for a classifier"
-            )));
-        }
-        if let Some(t) = &test {
-            for r in t.bytes.chunks_exact(rs) {
-                if decode_label(label, &r[fs..]) as usize >= classes {
-                    return Err(Error::BadInput(format!(
-                        "split {:?} has a label the training split never uses (classes: {classes})",
-                        t.name
-                    )));
-                }
-            }
-        }
+        // Integer labels: classes for a classification head (checked here, refused when
+        // a classifier is trained), values for a regression head.
+        let (classes, class_problem) = match class_count(label, fs, rs, &train, test.as_ref()) {
+            Ok(k) => (k, None),
+            Err(m) => (1, Some(m)),
+        };
         Ok(Dataset {
             schema,
             train,
+            validation: None,
             test,
             classes,
+            class_problem,
         })
+    }
+
+    /// Why a classifier cannot train on these labels, if it cannot.
+    pub fn class_problem(&self) -> Option<&str> {
+        self.class_problem.as_deref()
+    }
+
+    /// A split by part.
+    pub fn split(&self, part: crate::train::Part) -> Option<&SplitRecords> {
+        match part {
+            crate::train::Part::Train => Some(&self.train),
+            crate::train::Part::Validation => self.validation.as_ref(),
+            crate::train::Part::Test => self.test.as_ref(),
+        }
+    }
+
+    /// Holds out `fraction` of the training records, chosen by `seed`, as the
+    /// validation split; when the dataset has no test split, as many again become the
+    /// test split. Records are copied into new zeroizing buffers (reserved once) and the
+    /// old training buffer is wiped when dropped. At least one record stays in each.
+    pub fn hold_out(mut self, fraction: f64, seed: u64) -> Result<Self> {
+        let n = self.train.count;
+        let k = ((n as f64 * fraction).round() as usize).max(1);
+        let parts = if self.test.is_some() { 1 } else { 2 };
+        if n < k * parts + 1 {
+            return Err(Error::BadInput(format!(
+                "--holdout {fraction}: split {:?} has {n} records, too few to hold out {k} for each of {parts} split(s)",
+                self.train.name
+            )));
+        }
+        // The held-out records: the first of a permutation fixed by the seed (epoch 0,
+        // which training never uses), kept in their original order.
+        let order = epoch_order(n, seed, 0);
+        let mut which = vec![0u8; n];
+        for (i, &r) in order.iter().enumerate().take(k * parts) {
+            which[r as usize] = if i < k { 1 } else { 2 };
+        }
+        let rs = self.schema.record_size();
+        let take = |tag: u8, name: String| -> SplitRecords {
+            let count = which.iter().filter(|&&w| w == tag).count();
+            let mut bytes = Zeroizing::new(Vec::with_capacity(count * rs));
+            for (r, &w) in self.train.bytes.chunks_exact(rs).zip(&which) {
+                if w == tag {
+                    bytes.extend_from_slice(r);
+                }
+            }
+            SplitRecords { name, bytes, count }
+        };
+        let base = self.train.name.clone();
+        let validation = take(1, format!("{base}/validation"));
+        if parts == 2 {
+            self.test = Some(take(2, format!("{base}/test")));
+        }
+        self.train = take(0, base);
+        self.validation = Some(validation);
+        Ok(self)
     }
 
     /// Input shape of one record as (channels, height, width): `[H, W]` is one channel,
@@ -284,7 +354,10 @@ impl Dataset {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(&self.schema).unwrap_or_default());
-        for s in std::iter::once(&self.train).chain(self.test.as_ref()) {
+        for s in std::iter::once(&self.train)
+            .chain(self.validation.as_ref())
+            .chain(self.test.as_ref())
+        {
             h.update(s.name.as_bytes());
             h.update((s.count as u64).to_le_bytes());
             h.update(&s.bytes[..]);
@@ -304,6 +377,63 @@ pub(crate) fn input_shape(schema: &Schema) -> [usize; 3] {
     }
 }
 
+/// The number of classes integer labels make (the training split's largest plus one,
+/// at least 2), or why they are not a classifier's labels.
+fn class_count(
+    label: DType,
+    fs: usize,
+    rs: usize,
+    train: &SplitRecords,
+    test: Option<&SplitRecords>,
+) -> std::result::Result<usize, String> {
+    let mut max = 0i64;
+    for split in std::iter::once(train).chain(test) {
+        for r in split.bytes.chunks_exact(rs) {
+            let l = decode_label(label, &r[fs..]);
+            if l < 0 {
+                return Err(format!(
+                    "split {:?} has a negative label: a classification head needs class labels 0, 1, 2, ... (a regression head takes any number)",
+                    split.name
+                ));
+            }
+            if std::ptr::eq(split, train) {
+                max = max.max(l);
+            }
+        }
+    }
+    let classes = (max as usize + 1).max(2);
+    if classes > 100_000 {
+        return Err(format!(
+            "labels up to {max}: too many classes for a classification head (a regression head takes any number)"
+        ));
+    }
+    if let Some(t) = test {
+        if t.bytes
+            .chunks_exact(rs)
+            .any(|r| decode_label(label, &r[fs..]) as usize >= classes)
+        {
+            return Err(format!(
+                "split {:?} has a label the training split never uses (classes: {classes})",
+                t.name
+            ));
+        }
+    }
+    Ok(classes)
+}
+
+fn is_real(label: DType) -> bool {
+    matches!(label, DType::F32 | DType::F64)
+}
+
+/// A label as a real value (any label type).
+fn decode_value(dtype: DType, b: &[u8]) -> f32 {
+    match dtype {
+        DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        DType::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        other => decode_label(other, b) as f32,
+    }
+}
+
 fn decode_label(dtype: DType, b: &[u8]) -> i64 {
     let arr = |n: usize| -> [u8; 8] {
         let mut a = [0u8; 8];
@@ -319,8 +449,8 @@ fn decode_label(dtype: DType, b: &[u8]) -> i64 {
         DType::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as i64,
         DType::U64 => i64::try_from(u64::from_le_bytes(arr(8))).unwrap_or(-1),
         DType::I64 => i64::from_le_bytes(arr(8)),
-        // Refused by check_schema.
-        DType::F32 | DType::F64 => -1,
+        // Real values: read with decode_value.
+        DType::F32 | DType::F64 => 0,
     }
 }
 
@@ -369,8 +499,10 @@ fn decode_features(dtype: DType, r: &[u8], out: &mut Vec<f32>) {
 pub struct Batch {
     /// Feature values, record after record.
     pub features: Vec<f32>,
-    /// Class labels.
+    /// Class labels (0 for real-valued labels).
     pub labels: Vec<i64>,
+    /// The labels as real values (a regression head's targets).
+    pub values: Vec<f32>,
 }
 
 impl Batch {
@@ -389,6 +521,7 @@ impl Drop for Batch {
     fn drop(&mut self) {
         self.features.zeroize();
         self.labels.zeroize();
+        self.values.zeroize();
     }
 }
 
@@ -412,12 +545,18 @@ impl SplitRecords {
         let label = schema.label.unwrap_or(DType::U8);
         let mut features = Vec::with_capacity(indices.len() * schema.elements() as usize);
         let mut labels = Vec::with_capacity(indices.len());
+        let mut values = Vec::with_capacity(indices.len());
         for &i in indices {
             let r = &self.bytes[i as usize * rs..(i as usize + 1) * rs];
             decode_features(schema.dtype, &r[..fs], &mut features);
             labels.push(decode_label(label, &r[fs..]));
+            values.push(decode_value(label, &r[fs..]));
         }
-        Batch { features, labels }
+        Batch {
+            features,
+            labels,
+            values,
+        }
     }
 
     /// Runs `f` on every batch of `order` (in chunks of `batch_size`), with the next
@@ -495,6 +634,47 @@ mod tests {
     }
 
     #[test]
+    fn hold_out_splits_disjoint_records_by_seed() {
+        // 100 records whose feature byte is their index.
+        let train: Vec<u8> = (0..100u8).flat_map(|i| [i, i, i, i, i % 3]).collect();
+        let ds = |test: bool| {
+            Dataset::from_records(
+                schema(),
+                ("train".into(), train.clone()),
+                test.then(|| ("test".into(), vec![1, 2, 3, 4, 0])),
+            )
+            .unwrap()
+        };
+        let ids = |s: &SplitRecords| -> Vec<u8> { s.bytes().chunks(5).map(|r| r[0]).collect() };
+        let d = ds(false).hold_out(0.2, 5).unwrap();
+        let (t, v, e) = (
+            ids(&d.train),
+            ids(d.validation.as_ref().unwrap()),
+            ids(d.test.as_ref().unwrap()),
+        );
+        assert_eq!((t.len(), v.len(), e.len()), (60, 20, 20));
+        let mut all: Vec<u8> = t.iter().chain(&v).chain(&e).copied().collect();
+        all.sort();
+        assert_eq!(all, (0..100).collect::<Vec<u8>>(), "disjoint, nothing lost");
+        assert!(v.windows(2).all(|w| w[0] < w[1]), "original order kept");
+        // The seed chooses; the same seed chooses the same.
+        let again = ds(false).hold_out(0.2, 5).unwrap();
+        assert_eq!(ids(again.validation.as_ref().unwrap()), v);
+        let other = ds(false).hold_out(0.2, 6).unwrap();
+        assert_ne!(ids(other.validation.as_ref().unwrap()), v);
+        // A dataset with a test split keeps it; only validation is held out.
+        let d = ds(true).hold_out(0.2, 5).unwrap();
+        assert_eq!(
+            (d.train.count, d.validation.as_ref().unwrap().count),
+            (80, 20)
+        );
+        assert_eq!(d.test.as_ref().unwrap().count, 1);
+        // Too few records to hold anything out is an error, not an empty split.
+        let tiny = Dataset::from_records(schema(), ("train".into(), vec![1, 2, 3, 4, 0]), None);
+        assert!(tiny.unwrap().hold_out(0.2, 1).is_err());
+    }
+
+    #[test]
     fn bad_datasets_are_refused() {
         let no_label = Schema {
             label: None,
@@ -503,14 +683,47 @@ mod tests {
         assert!(Dataset::from_records(no_label, ("train".into(), vec![0; 4]), None).is_err());
         assert!(Dataset::from_records(schema(), ("train".into(), vec![0; 7]), None).is_err());
         assert!(Dataset::from_records(schema(), ("train".into(), vec![]), None).is_err());
-        // A test label the training split never has.
+        // A test label the training split never has: not a classifier's labels (a
+        // regression head may still use them as numbers).
         let train = vec![0, 0, 0, 0, 1];
         let test = vec![0, 0, 0, 0, 5];
-        assert!(Dataset::from_records(
+        let d = Dataset::from_records(
             schema(),
             ("train".into(), train),
-            Some(("test".into(), test))
+            Some(("test".into(), test)),
         )
-        .is_err());
+        .unwrap();
+        assert!(d.class_problem().unwrap().contains("never uses"));
+        // Negative labels likewise.
+        let i8s = Schema {
+            label: Some(DType::I8),
+            ..schema()
+        };
+        let d = Dataset::from_records(i8s, ("train".into(), vec![0, 0, 0, 0, 0xff]), None);
+        assert!(d.unwrap().class_problem().unwrap().contains("negative"));
+        // Non-finite real labels are refused outright.
+        let f32s = Schema {
+            label: Some(DType::F32),
+            ..schema()
+        };
+        let mut r = vec![0u8; 4];
+        r.extend(f32::NAN.to_le_bytes());
+        assert!(Dataset::from_records(f32s.clone(), ("train".into(), r), None).is_err());
+        // f64 labels decode as their value.
+        let f64s = Schema {
+            label: Some(DType::F64),
+            ..schema()
+        };
+        let mut r = vec![0u8; 4];
+        r.extend(2.5f64.to_le_bytes());
+        let d = Dataset::from_records(f64s, ("train".into(), r), None).unwrap();
+        let mut seen = vec![];
+        d.train
+            .for_each_batch(&d.schema, &[0], 1, 1, |b| {
+                seen.extend(b.values.clone());
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(seen, [2.5]);
     }
 }

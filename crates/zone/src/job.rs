@@ -8,8 +8,11 @@ use std::time::Instant;
 
 use blindfold_attest::{EvidenceSource, FetchOptions};
 use blindfold_dataset::import::Import;
-use blindfold_dataset::{Expected, Progress, SealedDataset};
-use blindfold_format::{seal_output, DatasetKey, OutputHeader};
+use blindfold_dataset::{
+    check_output_location, write_job_outputs, Expected, JobOutputs, OutputSealer, Progress,
+    SealedDataset,
+};
+use blindfold_format::{DatasetKey, OutputHeader};
 use blindfold_store::Store;
 use serde::Serialize;
 use serde_json::json;
@@ -27,8 +30,15 @@ pub use blindfold_format::{CONFIG_OBJECT, METRICS_OBJECT, MODEL_OBJECT};
 /// still opens a newer job's model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct OutputInfo {
-    /// Architecture.
-    pub model: crate::model::Arch,
+    /// The model's name.
+    pub model: String,
+    /// The model's spec (TOML, `docs/model-spec.md`); absent from models sealed before
+    /// specs existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// SHA-256 of `spec`, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_sha256: Option<String>,
     /// Input as (channels, height, width).
     pub input: [usize; 3],
     /// Number of classes.
@@ -46,12 +56,22 @@ impl OutputInfo {
     }
 
     /// What the model is built for.
-    pub fn spec(&self) -> crate::model::ModelSpec {
-        crate::model::ModelSpec {
-            arch: self.model,
+    pub fn spec(&self) -> Result<crate::model::ModelSpec> {
+        let text = self.spec.as_deref().ok_or_else(|| {
+            Error::BadInput(format!(
+                "this {} model was sealed by a blindfold before model specs, whose tensors are named differently: open it with --format burnpack",
+                self.model
+            ))
+        })?;
+        let spec = crate::spec::Spec::parse(text)
+            .map_err(|e| Error::BadInput(format!("the sealed model's spec: {e}")))?;
+        let spec = crate::model::ModelSpec {
+            spec,
             input: self.input,
             classes: self.classes,
-        }
+        };
+        spec.check()?;
+        Ok(spec)
     }
 }
 
@@ -74,7 +94,7 @@ pub fn load_model(
             header.content_type
         )));
     }
-    let spec = OutputInfo::from_header(header)?.spec();
+    let spec = OutputInfo::from_header(header)?.spec()?;
     let net = spec.from_burnpack::<crate::model::Cpu>(burnpack, &Default::default())?;
     Ok((spec, net))
 }
@@ -138,17 +158,10 @@ pub struct JobReport {
 }
 
 /// Makes the process unfit to leak memory through a core dump or a debugger of the same
-/// user: RLIMIT_CORE = 0 and PR_SET_DUMPABLE = 0. Call before any key is fetched.
+/// user ([`blindfold_attest::harden_process`]). Call before any key is fetched.
 pub fn harden_process() -> Result<()> {
-    #[cfg(target_os = "linux")]
-    {
-        use nix::sys::resource::{setrlimit, Resource};
-        setrlimit(Resource::RLIMIT_CORE, 0, 0)
-            .map_err(|e| Error::Bug(format!("cannot disable core dumps: {e}")))?;
-        nix::sys::prctl::set_dumpable(false)
-            .map_err(|e| Error::Bug(format!("cannot clear the dumpable flag: {e}")))?;
-    }
-    Ok(())
+    blindfold_attest::harden_process()
+        .map_err(|e| Error::Bug(format!("cannot disable core dumps and ptrace: {e}")))
 }
 
 /// Runs a job: the data from `source`, the model trained per `cfg`, outputs sealed to the
@@ -163,12 +176,10 @@ pub fn run(
     progress: &dyn TrainProgress,
 ) -> Result<(JobReport, Trained)> {
     cfg.check()?;
-    if out.size(MODEL_OBJECT)?.is_some() {
-        return Err(Error::BadInput(format!(
-            "{}/{MODEL_OBJECT} exists: choose another output location (a trained model is never overwritten)",
-            out.location()
-        )));
-    }
+    check_output_location(out).map_err(|e| match e {
+        blindfold_dataset::Error::BadInput(m) => Error::BadInput(m),
+        e => e.into(),
+    })?;
     let start = Instant::now();
     let (trained, data_sha256, sealer, facts, mode, key_s, load_s) = match source {
         Source::Sealed {
@@ -177,8 +188,20 @@ pub fn run(
             evidence,
         } => {
             let store = Store::open(dataset, false)?;
-            let claimed = blindfold_dataset::claimed_id(&store)?;
-            let released = blindfold_attest::fetch_key(broker, &claimed.to_hex(), evidence)?;
+            let manifest = blindfold_dataset::claimed_manifest(&store)?;
+            let claimed = manifest.dataset_id;
+            // The spec must fit the records before a key is asked for (a release counts
+            // against the policy, and is audited as granted). The schema is the one
+            // storage claims; it is checked again, with the real classes, on the
+            // authenticated manifest.
+            cfg.check_schema(&manifest.schema)?;
+            // The job declares the spec it trains (for policies that list the specs
+            // they accept), and trains no other: `cfg` is not changed after this.
+            let broker = FetchOptions {
+                model: Some(cfg.spec()?.sha256_hex()),
+                ..broker.clone()
+            };
+            let released = blindfold_attest::fetch_key(&broker, &claimed.to_hex(), evidence)?;
             if released.dataset_id != claimed.to_hex() {
                 return Err(Error::Broker(blindfold_attest::Error::BadReply(
                     "the broker released the key of another dataset".into(),
@@ -202,14 +225,14 @@ pub fn run(
                 "manifest_sha256": hex::encode(ds.manifest_sha256()),
             });
             if cfg.device == DeviceKind::Cpu {
-                let data = Dataset::from_sealed(&ds, splits, load_progress)?;
+                let data = hold_out(Dataset::from_sealed(&ds, splits, load_progress)?, cfg)?;
                 let load_s = t.elapsed().as_secs_f64();
                 let digest = hex::encode(data.digest());
                 let trained = train::train(&data, cfg, progress)?;
                 (
                     trained,
                     digest,
-                    Sealer::Dataset(Box::new(ds)),
+                    Owner::Dataset(Box::new(ds)),
                     facts,
                     "sealed",
                     key_s,
@@ -223,7 +246,7 @@ pub fn run(
                 (
                     trained,
                     String::new(),
-                    Sealer::Dataset(Box::new(ds)),
+                    Owner::Dataset(Box::new(ds)),
                     facts,
                     "sealed",
                     key_s,
@@ -237,7 +260,8 @@ pub fn run(
             input,
         } => {
             let t = Instant::now();
-            let data = Dataset::from_import(import, splits, load_progress)?;
+            cfg.check_schema(&import.schema)?;
+            let data = hold_out(Dataset::from_import(import, splits, load_progress)?, cfg)?;
             let facts = json!({ "plaintext_input": input });
             let digest = hex::encode(data.digest());
             let (trained, load_s) = if cfg.device == DeviceKind::Cpu {
@@ -253,7 +277,7 @@ pub fn run(
             (
                 trained,
                 digest,
-                Sealer::Baseline(owner_public),
+                Owner::Baseline(owner_public),
                 facts,
                 "plaintext",
                 0.0,
@@ -262,7 +286,7 @@ pub fn run(
         }
     };
     let t = Instant::now();
-    let outputs = write_outputs(out, &sealer, cfg, &trained, &facts)?;
+    let outputs = write_outputs(out, &sealer.sealer(), cfg, &trained, &facts)?;
     let output_s = t.elapsed().as_secs_f64();
     let report = JobReport {
         mode,
@@ -284,95 +308,89 @@ pub fn run(
     Ok((report, trained))
 }
 
-/// How a job's outputs are sealed to the owner.
-enum Sealer {
-    /// Authenticated by the dataset key, naming the dataset, version and manifest.
+/// Applies `--holdout`.
+fn hold_out(data: Dataset, cfg: &TrainConfig) -> Result<Dataset> {
+    match cfg.holdout {
+        Some(f) => data.hold_out(f, cfg.seed),
+        None => Ok(data),
+    }
+}
+
+/// Whom a job's outputs are sealed to, held for the length of the job.
+enum Owner {
+    /// The sealed dataset's owner, authenticated by its key.
     Dataset(Box<SealedDataset>),
-    /// The plaintext baseline: to the owner's public key, authenticated by nothing.
+    /// The baseline's owner public key.
     Baseline([u8; 32]),
 }
 
-impl Sealer {
-    fn seal(
-        &self,
-        kind: &str,
-        content_type: &str,
-        info: serde_json::Value,
-        plaintext: &[u8],
-        name: &str,
-    ) -> Result<Vec<u8>> {
+impl Owner {
+    fn sealer(&self) -> OutputSealer<'_> {
         match self {
-            Sealer::Dataset(ds) => Ok(ds.seal_output(kind, content_type, info, plaintext, name)?),
-            Sealer::Baseline(owner) => seal_output(
-                owner,
-                &OutputHeader::new(kind, content_type, None, info),
-                None,
-                plaintext,
-                name,
-            )
-            .map_err(|e| Error::Bug(format!("sealing {name}: {e}"))),
+            Owner::Dataset(ds) => OutputSealer::Dataset(ds),
+            Owner::Baseline(k) => OutputSealer::Baseline(*k),
         }
     }
 }
 
 /// Seals the weights and the metrics to the owner and writes them, then the clear
-/// configuration. Each object is written whole (temporary name, then rename), and
-/// the metrics only after the model, so a crash never leaves a half-written output.
+/// configuration ([`blindfold_dataset::write_job_outputs`]).
 fn write_outputs(
     out: &Store,
-    sealer: &Sealer,
+    sealer: &OutputSealer<'_>,
     cfg: &TrainConfig,
     trained: &Trained,
     facts: &serde_json::Value,
 ) -> Result<Vec<String>> {
     let run: [u8; 16] = blindfold_format::random_bytes().map_err(|e| Error::Bug(e.to_string()))?;
     let info = serde_json::to_value(OutputInfo {
-        model: trained.spec.arch,
+        model: trained.spec.name().to_owned(),
+        spec: Some(trained.spec.spec.text.clone()),
+        spec_sha256: Some(trained.spec.spec.sha256_hex()),
         input: trained.spec.input,
         classes: trained.spec.classes,
         run: hex::encode(run),
     })
     .map_err(|e| Error::Bug(e.to_string()))?;
-    let model = sealer.seal(
-        "model",
-        MODEL_CONTENT_TYPE,
-        info.clone(),
-        &trained.weights,
-        MODEL_OBJECT,
-    )?;
     let metrics = zeroize::Zeroizing::new(
         serde_json::to_vec_pretty(&json!({
             "config": cfg,
-            "spec": trained.spec,
+            "model_sha256": trained.spec.spec.sha256_hex(),
+            "input": trained.spec.input,
+            "classes": trained.spec.classes,
             "epochs": trained.epochs,
+            "best_epoch": trained.best_epoch,
             "train_seconds": trained.seconds,
             "weights_sha256": hex::encode(trained.weights_sha256),
             "data": facts,
         }))
         .map_err(|e| Error::Bug(e.to_string()))?,
     );
-    let metrics = sealer.seal("metrics", "json", info, &metrics, METRICS_OBJECT)?;
     let config = serde_json::to_vec_pretty(&json!({
         "config": cfg,
+        "model_sha256": trained.spec.spec.sha256_hex(),
         "data": facts,
     }))
     .map_err(|e| Error::Bug(e.to_string()))?;
-    out.put(MODEL_OBJECT, model)?;
-    out.put(METRICS_OBJECT, metrics)?;
-    out.put(CONFIG_OBJECT, config)?;
-    Ok([MODEL_OBJECT, METRICS_OBJECT, CONFIG_OBJECT]
-        .iter()
-        .map(|n| format!("{}/{n}", out.location()))
-        .collect())
+    let outputs = JobOutputs {
+        content_type: MODEL_CONTENT_TYPE,
+        info,
+        model: &trained.weights,
+        metrics: &metrics,
+        config: &config,
+    };
+    Ok(write_job_outputs(out, sealer, &outputs)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Arch, ModelSpec};
+    use crate::model::ModelSpec;
+    use crate::spec::Spec;
 
     fn info() -> serde_json::Value {
-        json!({"model": "mlp", "input": [1, 4, 4], "classes": 3, "run": "00"})
+        let spec = Spec::builtin("mlp").unwrap().text;
+        json!({"model": "mlp", "spec": spec, "input": [1, 4, 4], "classes": 3, "run": "00"})
     }
 
     #[test]
@@ -388,7 +406,7 @@ mod tests {
     #[test]
     fn load_model_builds_the_headers_architecture() {
         let spec = ModelSpec {
-            arch: Arch::Mlp,
+            spec: Spec::builtin("mlp").unwrap(),
             input: [1, 4, 4],
             classes: 3,
         };
@@ -398,12 +416,18 @@ mod tests {
         let bytes = crate::model::to_burnpack(&net).unwrap();
         let h = OutputHeader::new("model", MODEL_CONTENT_TYPE, None, info());
         let (got, _) = load_model(&h, &bytes).unwrap();
-        assert_eq!(got.arch, Arch::Mlp);
+        assert_eq!(got.name(), "mlp");
         assert_eq!(got.classes, 3);
         // Another architecture in the header: the weights do not fit it.
-        let lenet = json!({"model": "lenet5", "input": [1, 28, 28], "classes": 10, "run": "00"});
+        let spec = Spec::builtin("lenet5").unwrap().text;
+        let lenet = json!({"model": "lenet5", "spec": spec, "input": [1, 28, 28], "classes": 10, "run": "00"});
         let h = OutputHeader::new("model", MODEL_CONTENT_TYPE, None, lenet);
         assert!(load_model(&h, &bytes).is_err());
+        // A model sealed before specs: refused with a way out, not misread.
+        let old = json!({"model": "mlp", "input": [1, 4, 4], "classes": 3, "run": "00"});
+        let h = OutputHeader::new("model", MODEL_CONTENT_TYPE, None, old);
+        let e = load_model(&h, &bytes).unwrap_err();
+        assert!(e.to_string().contains("--format burnpack"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! outputs sealed to the owner's public key and its own clear configuration.
 //!
 //! - [`data`]: records in memory, shuffling, the batch prefetch pipeline.
-//! - [`model`]: the MLP, LeNet-5 and CNN; weights as Burnpack and safetensors.
+//! - [`spec`]: model specs (TOML): layers, head, optimizer, schedule, early stopping.
+//! - [`model`]: a spec built as a Burn network; weights as Burnpack and safetensors.
 //! - [`train`]: the training loop and evaluation.
 //! - [`device`]: where training runs; the GPU path decrypts records in device memory.
 //! - [`job`]: a whole job from key to sealed outputs; process hardening.
@@ -19,6 +20,7 @@ mod error;
 pub mod eval;
 pub mod job;
 pub mod model;
+pub mod spec;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -12,8 +12,7 @@ use blindfold_store::Store;
 use blindfold_zone::data::{Dataset, Splits};
 use blindfold_zone::device::gpu::{DeviceBackend, DeviceData};
 use blindfold_zone::device::DeviceKind;
-use blindfold_zone::model::Arch;
-use blindfold_zone::train::{Feed, Quiet, TrainConfig};
+use blindfold_zone::train::{Feed, Part, Quiet, TrainConfig};
 use burn::tensor::{Int, Tensor};
 use cubecl::wgpu::{WgpuDevice, WgpuRuntime};
 
@@ -74,8 +73,9 @@ impl Sealed {
 fn batches(feed: &dyn Feed<B>, test: bool, n: usize) -> (Vec<f32>, Vec<i64>) {
     let order: Vec<u32> = (0..n as u32).rev().collect();
     let (mut f, mut l) = (Vec::new(), Vec::new());
+    let part = if test { Part::Test } else { Part::Train };
     feed.for_each_batch(
-        test,
+        part,
         &order,
         37,
         &WgpuDevice::default(),
@@ -160,12 +160,13 @@ fn the_device_path_refuses_what_it_cannot_decrypt() {
 fn sealed_and_plaintext_device_training_give_identical_weights() {
     let s = Sealed::new(Suite::ChaCha20Poly1305);
     let cfg = TrainConfig {
-        model: Arch::Mlp,
+        model: "mlp".into(),
         epochs: 2,
         batch_size: 32,
         lr: 3e-3,
         seed: 7,
         device: DeviceKind::Wgpu,
+        ..TrainConfig::default()
     };
     let ds = s.open();
     let (sealed, _) = blindfold_zone::device::train(

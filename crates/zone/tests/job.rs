@@ -10,7 +10,8 @@ use blindfold_owner::{KeyStore, NoProgress, SealOptions, SealedDataset};
 use blindfold_store::Store;
 use blindfold_zone::data::Splits;
 use blindfold_zone::job::{self, Source, CONFIG_OBJECT, METRICS_OBJECT, MODEL_OBJECT};
-use blindfold_zone::model::{Arch, Cpu, ModelSpec};
+use blindfold_zone::model::{Cpu, ModelSpec};
+use blindfold_zone::spec::Spec;
 use blindfold_zone::train::{Quiet, TrainConfig};
 use blindfold_zone::Error;
 
@@ -118,6 +119,7 @@ impl World {
             broker: self.broker_url.clone(),
             ca_cert_pem: None,
             job: Some(job.into()),
+            model: None,
             insecure_http: true,
         }
     }
@@ -166,9 +168,9 @@ impl World {
     }
 }
 
-fn cfg(model: Arch) -> TrainConfig {
+fn cfg(model: &str) -> TrainConfig {
     TrainConfig {
-        model,
+        model: model.into(),
         epochs: 2,
         batch_size: 32,
         lr: 3e-3,
@@ -196,7 +198,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn sealed_and_plaintext_training_give_identical_weights() {
     let w = World::new();
     w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
-    for arch in [Arch::Mlp, Arch::Lenet5] {
+    for arch in ["mlp", "lenet5"] {
         let c = cfg(arch);
         let s = w
             .run_sealed("train", &format!("m-sealed-{arch}"), &c)
@@ -229,7 +231,7 @@ fn sealed_and_plaintext_training_give_identical_weights() {
             "m-lenet-long",
             &TrainConfig {
                 epochs: 6,
-                ..cfg(Arch::Lenet5)
+                ..cfg("lenet5")
             },
         )
         .unwrap();
@@ -241,7 +243,7 @@ fn sealed_and_plaintext_training_give_identical_weights() {
 fn outputs_open_only_with_the_owner_key_and_load_in_burn() {
     let w = World::new();
     w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
-    let c = cfg(Arch::Lenet5);
+    let c = cfg("lenet5");
     let r = w.run_sealed("train", "model", &c).unwrap();
     let out = Store::open(w.path("model").to_str().unwrap(), false).unwrap();
     let sealed = out.get(MODEL_OBJECT).unwrap();
@@ -257,7 +259,7 @@ fn outputs_open_only_with_the_owner_key_and_load_in_burn() {
         (id, version, hex::encode(digest))
     );
     let spec = ModelSpec {
-        arch: Arch::Lenet5,
+        spec: Spec::builtin("lenet5").unwrap(),
         input: [1, 28, 28],
         classes: 10,
     };
@@ -289,7 +291,7 @@ fn no_file_written_by_a_job_holds_a_plaintext_record() {
     let w = World::new();
     w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
     let before = std::time::SystemTime::now();
-    w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap();
+    w.run_sealed("train", "model", &cfg("mlp")).unwrap();
     let canary = canary();
     // The owner's plaintext folder holds it (the scan can find it)...
     let mut plain = vec![];
@@ -344,7 +346,7 @@ fn a_tampered_chunk_stops_training_with_shard_and_chunk() {
     let at = bytes.len() - 100;
     bytes[at] ^= 0x01;
     std::fs::write(&shard, bytes).unwrap();
-    let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
+    let err = w.run_sealed("train", "model", &cfg("mlp")).unwrap_err();
     match &err {
         Error::Data(e @ blindfold_dataset::Error::Integrity { .. }) => {
             let s = e.to_string();
@@ -368,7 +370,7 @@ fn a_broker_denial_stops_the_job_before_any_data_is_read() {
             std::fs::remove_file(w.path("sealed").join(&e.path)).unwrap();
         }
     }
-    let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
+    let err = w.run_sealed("train", "model", &cfg("mlp")).unwrap_err();
     assert!(
         matches!(err, Error::Broker(blindfold_attest::Error::Denied { .. })),
         "{err}"
@@ -409,7 +411,7 @@ fn a_dataset_rolled_back_after_registration_is_refused() {
         std::fs::write(p, b).unwrap();
     }
     std::fs::write(w.path("sealed/manifest.bfm"), old_manifest).unwrap();
-    let err = w.run_sealed("train", "model", &cfg(Arch::Mlp)).unwrap_err();
+    let err = w.run_sealed("train", "model", &cfg("mlp")).unwrap_err();
     assert!(
         matches!(
             err,
@@ -417,4 +419,218 @@ fn a_dataset_rolled_back_after_registration_is_refused() {
         ),
         "{err}"
     );
+}
+
+/// A policy that lists model specs releases the key only to a job that trains one of
+/// them; the job declares the spec it trains, and its digest reaches the sealed metrics
+/// and train.json.
+#[test]
+fn a_policy_that_lists_models_refuses_other_specs() {
+    let w = World::new();
+    let lenet = Spec::builtin("lenet5").unwrap().sha256_hex();
+    w.register(&format!(
+        "tee = [\"sample\"]\njobs = [\"train\"]\nmodels = [\"{lenet}\"]\n"
+    ));
+    let err = w.run_sealed("train", "m-mlp", &cfg("mlp")).unwrap_err();
+    match &err {
+        Error::Broker(blindfold_attest::Error::Denied { detail, .. }) => {
+            assert!(detail.contains("model spec"), "{detail}")
+        }
+        other => panic!("expected a denial, got {other}"),
+    }
+    let c = TrainConfig {
+        epochs: 1,
+        ..cfg("lenet5")
+    };
+    w.run_sealed("train", "m-lenet", &c).unwrap();
+    let out = Store::open(w.path("m-lenet").to_str().unwrap(), false).unwrap();
+    let (_, metrics) =
+        w.ks.open_output(&out.get(METRICS_OBJECT).unwrap(), "metrics", false)
+            .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&metrics).unwrap();
+    assert_eq!(m["model_sha256"], lenet);
+    let conf: serde_json::Value = serde_json::from_slice(&out.get(CONFIG_OBJECT).unwrap()).unwrap();
+    assert_eq!(conf["model_sha256"], lenet);
+    // A spec file that is not built in: its TOML travels in train.json, so the same
+    // configuration file trains the same model again.
+    let spec = "name = \"small\"\n[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"linear\"\nout = 16\n[[layer]]\ntype = \"relu\"\n";
+    let file = w.path("small.toml");
+    std::fs::write(&file, spec).unwrap();
+    let mut c = cfg("mlp");
+    c.set_model(file.to_str().unwrap()).unwrap();
+    assert_eq!(c.model, "small");
+    assert_eq!(c.model_spec.as_deref(), Some(spec));
+    assert_eq!(
+        c.spec().unwrap().sha256_hex(),
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(spec))
+    );
+    let err = w.run_sealed("train", "m-small", &c).unwrap_err();
+    assert!(
+        matches!(err, Error::Broker(blindfold_attest::Error::Denied { .. })),
+        "{err}"
+    );
+}
+
+/// --holdout takes validation (and test) records out of the training split by seed;
+/// early stopping keeps the weights of the best validation epoch.
+#[test]
+fn holdout_and_early_stopping() {
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    let spec = "name = \"es\"\nstandardize = true\n[[layer]]\ntype = \"flatten\"\n[[layer]]\ntype = \"linear\"\nout = 32\n[[layer]]\ntype = \"relu\"\n[optimizer]\ntype = \"sgd\"\nmomentum = 0.9\n[early_stopping]\npatience = 2\n";
+    let file = w.path("es.toml");
+    std::fs::write(&file, spec).unwrap();
+    let mut c = TrainConfig {
+        epochs: 30,
+        lr: 0.05,
+        ..cfg("mlp")
+    };
+    c.set_model(file.to_str().unwrap()).unwrap();
+    // Early stopping without a validation split is refused before the job starts.
+    assert!(c.check().unwrap_err().to_string().contains("--holdout"));
+    c.holdout = Some(0.2);
+    let s = w.run_sealed("train", "m-es", &c).unwrap();
+    let p = w.run_plain("m-es-plain", &c);
+    assert_eq!(s.weights_sha256, p.weights_sha256, "sealed = plaintext");
+    assert!(s.epochs.iter().all(|e| e.validation_loss.is_some()));
+    let best = s
+        .epochs
+        .iter()
+        .min_by(|a, b| a.validation_loss.partial_cmp(&b.validation_loss).unwrap())
+        .unwrap();
+    let last = s.epochs.last().unwrap();
+    assert!(
+        s.epochs.len() < 30,
+        "the validation loss stopped falling before epoch 30"
+    );
+    assert_eq!(
+        last.epoch - best.epoch,
+        2,
+        "stopped after `patience` epochs"
+    );
+    // The model is the best epoch's: the same weights as a run that ends there.
+    let upto = w.run_plain(
+        "m-es-best",
+        &TrainConfig {
+            epochs: best.epoch,
+            ..c.clone()
+        },
+    );
+    assert_eq!(upto.weights_sha256, s.weights_sha256);
+    let out = Store::open(w.path("m-es").to_str().unwrap(), false).unwrap();
+    let (_, metrics) =
+        w.ks.open_output(&out.get(METRICS_OBJECT).unwrap(), "metrics", false)
+            .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&metrics).unwrap();
+    assert_eq!(m["best_epoch"], best.epoch);
+}
+
+/// A regression head on real-valued labels: y = 3·x₀ − 2·x₁ + 0.5 is learned to a small
+/// error; a classifier refuses real-valued labels and a regression head class labels.
+#[test]
+fn regression_learns_a_linear_function() {
+    use blindfold_format::{DType, Schema};
+    use blindfold_zone::data::Dataset;
+    let schema = Schema {
+        dtype: DType::F32,
+        shape: vec![2],
+        label: Some(DType::F32),
+    };
+    let rows = |n: usize, salt: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                let x0 = ((i * 37 + salt) % 100) as f32 / 10.0;
+                let x1 = ((i * 61 + salt * 7) % 100) as f32 / 10.0;
+                let y = 3.0 * x0 - 2.0 * x1 + 0.5;
+                [x0, x1, y].into_iter().flat_map(f32::to_le_bytes)
+            })
+            .collect()
+    };
+    let data = || {
+        Dataset::from_records(
+            schema.clone(),
+            ("train".into(), rows(400, 0)),
+            Some(("test".into(), rows(100, 3))),
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reg.toml");
+    std::fs::write(
+        &file,
+        "name = \"reg\"\nstandardize = true\n[head]\ntype = \"regression\"\n[optimizer]\ntype = \"sgd\"\nmomentum = 0.9\n",
+    )
+    .unwrap();
+    let mut c = TrainConfig {
+        epochs: 20,
+        batch_size: 16,
+        lr: 0.01,
+        ..TrainConfig::default()
+    };
+    c.set_model(file.to_str().unwrap()).unwrap();
+    let t = blindfold_zone::train::train(&data(), &c, &Quiet).unwrap();
+    assert_eq!(t.spec.classes, 1, "one output");
+    let last = t.epochs.last().unwrap();
+    let (first, rmse) = (t.epochs[0].test_rmse.unwrap(), last.test_rmse.unwrap());
+    assert!(rmse < 0.05 && rmse < first, "test RMSE {first} → {rmse}");
+    assert!(last.test_accuracy.is_none());
+    // The same configuration trains the same weights.
+    let again = blindfold_zone::train::train(&data(), &c, &Quiet).unwrap();
+    assert_eq!(again.weights_sha256, t.weights_sha256);
+    // A classifier refuses real-valued labels, naming the head to use, from the schema
+    // alone (a job checks it before it asks for a key)...
+    let e = blindfold_zone::train::train(&data(), &cfg("mlp"), &Quiet).unwrap_err();
+    assert!(
+        e.to_string().contains("[head] type = \"regression\""),
+        "{e}"
+    );
+    let e = cfg("mlp").check_schema(&schema).unwrap_err();
+    assert!(
+        e.to_string().contains("[head] type = \"regression\""),
+        "{e}"
+    );
+    c.check_schema(&schema).unwrap();
+    // ...while a regression head takes integer labels as numbers, negative ones too,
+    // which a classifier refuses.
+    let ints = Schema {
+        label: Some(DType::I64),
+        ..schema.clone()
+    };
+    let int_rows: Vec<u8> = (0..200i64)
+        .flat_map(|i| {
+            let (x0, x1) = ((i % 10) as f32, (i % 7) as f32);
+            let y = 2 * (i % 10) - (i % 7) - 3;
+            [x0.to_le_bytes(), x1.to_le_bytes()]
+                .concat()
+                .into_iter()
+                .chain(y.to_le_bytes())
+        })
+        .collect();
+    let d = Dataset::from_records(ints, ("train".into(), int_rows), None).unwrap();
+    let t = blindfold_zone::train::train(&d, &c, &Quiet).unwrap();
+    assert!(t.epochs.last().unwrap().train_rmse.unwrap() < 0.5);
+    let e = blindfold_zone::train::train(&d, &cfg("mlp"), &Quiet).unwrap_err();
+    assert!(e.to_string().contains("negative label"), "{e}");
+}
+
+/// A spec that cannot train on the dataset is refused before the key is asked for: it
+/// uses no release (the policy allows one, which the next, fitting job gets).
+#[test]
+fn a_spec_that_does_not_fit_uses_no_release() {
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\nmax_releases = 1\n");
+    let file = w.path("big.toml");
+    std::fs::write(
+        &file,
+        "name = \"big\"\n[[layer]]\ntype = \"conv2d\"\nout = 4\nkernel = 64\n[[layer]]\ntype = \"flatten\"\n",
+    )
+    .unwrap();
+    let mut c = cfg("mlp");
+    c.set_model(file.to_str().unwrap()).unwrap();
+    let e = w.run_sealed("train", "m-big", &c).unwrap_err();
+    assert!(
+        matches!(&e, Error::BadInput(m) if m.contains("layer 1 (conv2d)")),
+        "{e}"
+    );
+    w.run_sealed("train", "m-fits", &cfg("mlp")).unwrap();
 }

@@ -3,7 +3,8 @@
 //! forward pass written the way `torch.nn.Linear` computes (y = x·Wᵀ + b, W as
 //! [out, in]) gives Burn's logits.
 
-use blindfold_zone::model::{to_safetensors, Arch, Cpu, ModelSpec};
+use blindfold_zone::model::{to_safetensors, Cpu, ModelSpec};
+use blindfold_zone::spec::Spec;
 use burn::tensor::{Tensor, TensorData};
 
 fn f32s(b: &[u8]) -> Vec<f32> {
@@ -24,7 +25,7 @@ fn linear(x: &[f32], w: &[f32], b: &[f32], shape: &[usize]) -> Vec<f32> {
 #[test]
 fn mlp_weights_compute_like_pytorch() {
     let spec = ModelSpec {
-        arch: Arch::Mlp,
+        spec: Spec::builtin("mlp").unwrap(),
         input: [1, 28, 28],
         classes: 10,
     };
@@ -37,20 +38,22 @@ fn mlp_weights_compute_like_pytorch() {
     assert_eq!(
         names,
         [
-            "fc1.bias",
-            "fc1.weight",
-            "fc2.bias",
-            "fc2.weight",
-            "fc3.bias",
-            "fc3.weight"
+            "head.bias",
+            "head.weight",
+            "layers.1.bias",
+            "layers.1.weight",
+            "layers.3.bias",
+            "layers.3.weight",
         ]
     );
-    assert_eq!(st.tensor("fc1.weight").unwrap().shape(), &[256, 784]);
-    assert_eq!(st.tensor("fc3.weight").unwrap().shape(), &[10, 128]);
+    // The names of a torch.nn.Module with `layers = nn.Sequential(Flatten, Linear,
+    // ReLU, Linear, ReLU)` and `head = nn.Linear` (docs/model-spec.md).
+    assert_eq!(st.tensor("layers.1.weight").unwrap().shape(), &[256, 784]);
+    assert_eq!(st.tensor("head.weight").unwrap().shape(), &[10, 128]);
 
     let x: Vec<f32> = (0..784).map(|i| ((i * 31) % 97) as f32 / 97.0).collect();
     let mut h = x.clone();
-    for (k, layer) in ["fc1", "fc2", "fc3"].iter().enumerate() {
+    for (k, layer) in ["layers.1", "layers.3", "head"].iter().enumerate() {
         let w = st.tensor(&format!("{layer}.weight")).unwrap();
         let b = st.tensor(&format!("{layer}.bias")).unwrap();
         h = linear(&h, &f32s(w.data()), &f32s(b.data()), w.shape());
@@ -74,7 +77,7 @@ fn mlp_weights_compute_like_pytorch() {
 #[test]
 fn conv_weights_use_pytorch_shapes() {
     let spec = ModelSpec {
-        arch: Arch::Lenet5,
+        spec: Spec::builtin("lenet5").unwrap(),
         input: [1, 28, 28],
         classes: 10,
     };
@@ -82,8 +85,11 @@ fn conv_weights_use_pytorch_shapes() {
     let bytes = to_safetensors(&net, &spec).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     // torch.nn.Conv2d: [out_channels, in_channels, kh, kw]; Linear: [out, in].
-    assert_eq!(st.tensor("conv1.weight").unwrap().shape(), &[6, 1, 5, 5]);
-    assert_eq!(st.tensor("conv2.weight").unwrap().shape(), &[16, 6, 5, 5]);
-    assert_eq!(st.tensor("fc1.weight").unwrap().shape(), &[120, 400]);
-    assert_eq!(st.tensor("fc3.weight").unwrap().shape(), &[10, 84]);
+    assert_eq!(st.tensor("layers.0.weight").unwrap().shape(), &[6, 1, 5, 5]);
+    assert_eq!(
+        st.tensor("layers.3.weight").unwrap().shape(),
+        &[16, 6, 5, 5]
+    );
+    assert_eq!(st.tensor("layers.7.weight").unwrap().shape(), &[120, 400]);
+    assert_eq!(st.tensor("head.weight").unwrap().shape(), &[10, 84]);
 }

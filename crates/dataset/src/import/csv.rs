@@ -1,7 +1,9 @@
 //! CSV with a header row: one label column (by name, default `label`; if the file has
 //! no such column the records have no label) and numeric feature columns, read as
-//! `f32`; labels are integers, stored as `i64`. The whole file is checked in a first
-//! pass, so a bad cell fails before anything is written. `open` writes a CSV with the
+//! `f32`. Labels are classes or real values: when every label is an integer they are
+//! stored as `i64`, otherwise (any label with a fraction or an exponent) as `f32`, for
+//! regression. The whole file is checked in a first pass, so a bad cell fails before
+//! anything is written. `open` writes a CSV with the
 //! same columns in the same order; numbers are written in Rust's shortest round-trip
 //! form, so the text may differ from the input while the values are identical.
 
@@ -17,6 +19,8 @@ use crate::error::{Error, Result};
 struct Layout {
     columns: Vec<String>,
     label: Option<usize>,
+    /// `I64` or `F32`.
+    label_type: DType,
 }
 
 fn reader(path: &Path) -> Result<::csv::Reader<fs::File>> {
@@ -42,18 +46,30 @@ fn parse_row(
             layout.columns.len()
         )));
     }
-    let mut label = None;
+    let mut label: Option<[u8; 8]> = None;
     for (i, cell) in rec.iter().enumerate() {
         let cell = cell.trim();
         if Some(i) == layout.label {
-            let v: i64 = cell.parse().map_err(|_| {
+            let bad = |what: &str| {
                 Error::BadInput(format!(
-                    "{}:{line}: column {:?}: the label is not an integer",
+                    "{}:{line}: column {:?}: the label is not {what}",
                     path.display(),
                     layout.columns[i]
                 ))
-            })?;
-            label = Some(v);
+            };
+            let mut b = [0u8; 8];
+            if layout.label_type == DType::F32 {
+                let v: f32 = cell
+                    .parse()
+                    .ok()
+                    .filter(|v: &f32| v.is_finite())
+                    .ok_or_else(|| bad("a finite number"))?;
+                b[..4].copy_from_slice(&v.to_le_bytes());
+            } else {
+                let v: i64 = cell.parse().map_err(|_| bad("an integer"))?;
+                b = v.to_le_bytes();
+            }
+            label = Some(b);
         } else {
             let v: f32 = cell.parse().map_err(|_| {
                 Error::BadInput(format!(
@@ -66,7 +82,7 @@ fn parse_row(
         }
     }
     if let Some(l) = label {
-        out.extend_from_slice(&l.to_le_bytes());
+        out.extend_from_slice(&l[..layout.label_type.size()]);
     }
     Ok(())
 }
@@ -102,6 +118,21 @@ impl RecordSource for CsvSource {
     }
 }
 
+/// Whether every cell of column `label` parses as an integer (a label column of
+/// classes); rows too short for it are left to the full check.
+fn all_integer_labels(path: &Path, label: usize) -> Result<bool> {
+    let mut r = reader(path)?;
+    for rec in r.records() {
+        let rec = rec.map_err(|e| Error::BadInput(format!("{}: {e}", path.display())))?;
+        if let Some(cell) = rec.get(label) {
+            if cell.trim().parse::<i64>().is_err() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
 /// Imports a CSV file.
 pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
     if opts.labels.is_some() {
@@ -131,7 +162,16 @@ pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
             input.display()
         )));
     }
-    let layout = Layout { columns, label };
+    // Integer labels are classes; any other number makes them real values.
+    let label_type = match label {
+        Some(l) if !all_integer_labels(input, l)? => DType::F32,
+        _ => DType::I64,
+    };
+    let layout = Layout {
+        columns,
+        label,
+        label_type,
+    };
     // First pass: check every row, count them.
     let mut count = 0u64;
     let mut scratch = Vec::new();
@@ -144,7 +184,7 @@ pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
     let schema = Schema {
         dtype: DType::F32,
         shape: vec![features as u32],
-        label: layout.label.map(|_| DType::I64),
+        label: layout.label.map(|_| label_type),
     };
     schema
         .validate(&blindfold_format::Object::Unnamed)

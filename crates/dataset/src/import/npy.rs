@@ -1,6 +1,7 @@
 //! NumPy `.npy` (format versions 1–3): the first axis counts records, the rest is the
 //! record shape. Little-endian or byte-order-free dtypes, C order only. Labels come
-//! from an optional 1-D integer `.npy` (`--labels`). `open` writes the files back with
+//! from an optional 1-D `.npy` (`--labels`): integers are classes, floats (`f4`, `f8`)
+//! real values for regression. `open` writes the files back with
 //! their original headers, byte for byte.
 
 use std::fs;
@@ -172,6 +173,36 @@ fn open_npy(path: &Path) -> Result<(NpyHeader, BufReader<fs::File>, u64)> {
     Ok((h, r, size))
 }
 
+/// Real-valued labels (regression targets) must be finite `f32` values: checked here,
+/// before anything is sealed, not when a job trains.
+fn check_real_labels(path: &Path, dtype: DType, count: u64) -> Result<()> {
+    use std::io::Read;
+    let (_, mut r, _) = open_npy(path)?;
+    let size = dtype.size();
+    let mut buf = vec![0u8; size * 8192];
+    let mut at = 0u64;
+    while at < count {
+        let n = (count - at).min(8192) as usize;
+        r.read_exact(&mut buf[..n * size])
+            .map_err(|e| Error::io(path, e))?;
+        for (i, v) in buf[..n * size].chunks_exact(size).enumerate() {
+            let finite = match dtype {
+                DType::F32 => f32::from_le_bytes(v.try_into().expect("4 bytes")).is_finite(),
+                _ => (f64::from_le_bytes(v.try_into().expect("8 bytes")) as f32).is_finite(),
+            };
+            if !finite {
+                return Err(Error::BadInput(format!(
+                    "{}: label {} is not a finite f32 (labels that are real values are regression targets)",
+                    path.display(),
+                    at + i as u64
+                )));
+            }
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Imports a `.npy` file, with optional labels.
 pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
     let (h, data, _) = open_npy(input)?;
@@ -197,10 +228,7 @@ pub fn import(input: &Path, opts: &ImportOptions) -> Result<Import> {
                 )));
             }
             if matches!(lh.dtype, DType::F32 | DType::F64) {
-                return Err(Error::BadInput(format!(
-                    "{}: labels must be integers",
-                    lp.display()
-                )));
+                check_real_labels(lp, lh.dtype, h.shape[0])?;
             }
             let m = json!({ "file": file_name(lp)?, "header": hex::encode(&lh.raw) });
             (Some((lh.dtype, lr)), Some(m))

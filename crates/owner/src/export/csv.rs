@@ -42,6 +42,22 @@ pub(super) fn exporter(meta: &Value, schema: &Schema) -> Result<Box<dyn Exporter
     }))
 }
 
+/// A label as CSV text. Real values always carry a decimal point or an exponent
+/// (`1.0`, not `1`), so that sealing the opened file gives real labels again.
+fn label_cell(dtype: DType, b: &[u8]) -> String {
+    match dtype {
+        DType::F32 => format!(
+            "{:?}",
+            f32::from_le_bytes(b[..4].try_into().expect("4 bytes"))
+        ),
+        DType::F64 => format!(
+            "{:?}",
+            f64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+        ),
+        other => format_element(other, b),
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -74,7 +90,7 @@ impl Exporter for CsvExporter {
             let cells: Vec<String> = (0..self.columns.len())
                 .map(|i| {
                     if Some(i) == self.label {
-                        format_element(DType::I64, &rec[fsz..])
+                        label_cell(self.schema.label.unwrap_or(DType::I64), &rec[fsz..])
                     } else {
                         feats.next().unwrap_or_default()
                     }

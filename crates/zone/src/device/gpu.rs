@@ -19,7 +19,7 @@ use cubecl::prelude::ComputeClient;
 
 use crate::data::{input_shape, Dataset, Splits};
 use crate::error::{Error, Result};
-use crate::train::{self, Feed, TrainConfig, TrainProgress, Trained};
+use crate::train::{self, Feed, Part, TrainConfig, TrainProgress, Trained};
 
 use super::DeviceSource;
 
@@ -279,9 +279,9 @@ impl<R: CubeRuntime> DeviceData<R> {
         };
         // Classes as on the CPU path: the training split's largest label + 1 (at least
         // 2). Only that maximum leaves the device.
-        let max = d.max_label(false)?;
+        let max = d.max_label(Part::Train)?;
         d.classes = (max as usize + 1).max(2);
-        if d.test.is_some() && d.max_label(true)? as usize >= d.classes {
+        if d.test.is_some() && d.max_label(Part::Test)? as usize >= d.classes {
             return Err(Error::BadInput(format!(
                 "the test split has a label the training split never uses (classes: {})",
                 d.classes
@@ -290,23 +290,24 @@ impl<R: CubeRuntime> DeviceData<R> {
         Ok(d)
     }
 
-    fn split(&self, test: bool) -> Result<&Split<R>> {
-        if test {
-            self.test
+    fn split(&self, part: Part) -> Result<&Split<R>> {
+        match part {
+            Part::Train => Ok(&self.train),
+            Part::Test => self
+                .test
                 .as_ref()
-                .ok_or_else(|| Error::Bug("no test split".into()))
-        } else {
-            Ok(&self.train)
+                .ok_or_else(|| Error::Bug("no test split".into())),
+            Part::Validation => Err(Error::Bug("no validation split on the device".into())),
         }
     }
 
-    fn max_label(&self, test: bool) -> Result<i64> {
-        let n = self.split(test)?.records.count();
+    fn max_label(&self, part: Part) -> Result<i64> {
+        let n = self.split(part)?.records.count();
         let order: Vec<u32> = (0..n as u32).collect();
         let mut max = 0i64;
         Feed::<DeviceBackend<R>>::for_each_batch(
             self,
-            test,
+            part,
             &order,
             8192,
             &self.device,
@@ -322,7 +323,7 @@ impl<R: CubeRuntime> DeviceData<R> {
     /// and for checking the kernel against the CPU decryptor (`bench gpu`): it defeats
     /// the point of device decryption.
     pub fn danger_records_to_host(&self, test: bool) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        let split = self.split(test)?;
+        let split = self.split(if test { Part::Test } else { Part::Train })?;
         let all = split
             .plain
             .opened
@@ -346,12 +347,8 @@ impl<R: CubeRuntime> DeviceData<R> {
 }
 
 impl<R: CubeRuntime> Feed<DeviceBackend<R>> for DeviceData<R> {
-    fn train_len(&self) -> usize {
-        self.train.records.count()
-    }
-
-    fn test_len(&self) -> Option<usize> {
-        self.test.as_ref().map(|t| t.records.count())
+    fn len(&self, part: Part) -> Option<usize> {
+        self.split(part).ok().map(|s| s.records.count())
     }
 
     fn input_shape(&self) -> [usize; 3] {
@@ -364,7 +361,7 @@ impl<R: CubeRuntime> Feed<DeviceBackend<R>> for DeviceData<R> {
 
     fn for_each_batch(
         &self,
-        test: bool,
+        part: Part,
         order: &[u32],
         batch_size: usize,
         device: &R::Device,
@@ -373,7 +370,7 @@ impl<R: CubeRuntime> Feed<DeviceBackend<R>> for DeviceData<R> {
             Tensor<DeviceBackend<R>, 1, Int>,
         ) -> Result<()>,
     ) -> Result<()> {
-        let split = self.split(test)?;
+        let split = self.split(part)?;
         let [c, h, w] = self.input;
         for idx in order.chunks(batch_size.max(1)) {
             let n = idx.len();
