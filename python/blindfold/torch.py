@@ -498,10 +498,22 @@ def _tensors(state_dict) -> list:
     return out
 
 
-def save_sealed(state_dict, out, dataset, metrics: Optional[dict] = None) -> list[str]:
+def save_sealed(
+    state_dict,
+    out,
+    dataset,
+    metrics: Optional[dict] = None,
+    hyperparameters: Optional[dict] = None,
+) -> list[str]:
     """Seals a trained model's ``state_dict`` (as safetensors) and ``metrics`` to the
     data owner and writes them to ``out`` (a folder or ``s3://``), with the job's clear
     ``train.json``. Refuses an ``out`` that already holds a model.
+
+    With a sealed dataset whose broker certified this process's receipt key, also
+    writes ``receipt.json``, the training receipt (``docs/receipts.md``): the sealed
+    outputs' digests, ``hyperparameters`` (clear: no secret belongs there), the
+    metrics' digest, and the broker's release certificate, signed with a key made in
+    this process. Anyone checks it with ``blindfold receipt verify``.
 
     With a :class:`SealedDataset` or :class:`SealedIterableDataset`, the outputs are
     authenticated by the dataset key and name its id, version and manifest; the owner
@@ -511,6 +523,7 @@ def save_sealed(state_dict, out, dataset, metrics: Optional[dict] = None) -> lis
     """
     tensors = _tensors(state_dict)
     metrics_json = json.dumps(metrics or {})
+    hyperparameters_json = json.dumps(hyperparameters or {})
     out = os.fspath(out)
     if isinstance(dataset, PlainDataset):
         if not dataset.owner_key:
@@ -523,5 +536,5 @@ def save_sealed(state_dict, out, dataset, metrics: Optional[dict] = None) -> lis
         # again (without decrypting anything).
         if dataset._sealed is None:
             dataset._sealed = dataset._ref.attest()
-        return dataset._sealed.seal_outputs(out, tensors, metrics_json)
+        return dataset._sealed.seal_outputs(out, tensors, metrics_json, hyperparameters_json)
     raise BadInput("dataset: a SealedDataset, SealedIterableDataset or PlainDataset")

@@ -123,6 +123,9 @@ pub struct Sealed {
     pid: u32,
     /// The connection of a forked process: (its pid, the dataset over it).
     forked: Mutex<Option<(u32, Arc<SealedDataset>)>>,
+    /// The receipt key made before attesting and the broker's certificate of it, when
+    /// the broker issued one: what `seal_outputs` signs the training receipt with.
+    receipt: Option<(blindfold_attest::ReceiptKey, blindfold_attest::Certificate)>,
 }
 
 impl Drop for Sealed {
@@ -223,37 +226,76 @@ impl Sealed {
     }
 
     /// Seals a trained model (safetensors bytes made from `tensors`) and its metrics to
-    /// the dataset's owner, authenticated by the dataset key, and writes them to `out`.
+    /// the dataset's owner, authenticated by the dataset key, and writes them to `out`;
+    /// then, when the broker certified this process's receipt key, the training
+    /// receipt (`receipt.json`, `docs/receipts.md`) with `hyperparameters_json`.
+    #[pyo3(signature = (out, tensors, metrics_json, hyperparameters_json=None))]
     fn seal_outputs(
         &self,
         py: Python<'_>,
         out: &str,
         tensors: Vec<TensorIn>,
         metrics_json: &str,
+        hyperparameters_json: Option<&str>,
     ) -> PyResult<Vec<String>> {
+        let hyperparameters: serde_json::Value = match hyperparameters_json {
+            None => serde_json::json!({}),
+            Some(h) => serde_json::from_str(h)
+                .map_err(|e| Fault::BadInput(format!("hyperparameters: {e}")))?,
+        };
         let facts = serde_json::json!({
             "dataset_id": self.dataset_id(),
             "version": self.version(),
             "manifest_sha256": self.manifest_sha256(),
         });
         let ds = self.readable()?;
-        seal_model(
+        let tensor_count = tensors.len();
+        let (written, metrics_sha256) = seal_model(
             py,
             &OutputSealer::Dataset(&ds),
             out,
             tensors,
             metrics_json,
             facts,
-        )
+        )?;
+        let mut locations = written.locations;
+        if let Some((key, cert)) = &self.receipt {
+            use blindfold_protocol::receipt::{statement, Subject, Training, RECEIPT_OBJECT};
+            let subjects: Vec<Subject> = written
+                .sealed
+                .iter()
+                .map(|(name, sha256)| Subject {
+                    name: (*name).to_owned(),
+                    sha256: *sha256,
+                })
+                .collect();
+            let training = Training {
+                framework: "pytorch".into(),
+                model: serde_json::json!({"format": "safetensors", "tensors": tensor_count}),
+                hyperparameters,
+                metrics_sha256,
+            };
+            let st = statement(&subjects, &cert.jws, &cert.claims, &training);
+            let signed = key.sign_statement(&st).map_err(Fault::from)?;
+            let store = Store::open(out, true).map_err(Fault::from)?;
+            py.detach(|| store.put(RECEIPT_OBJECT, signed))
+                .map_err(Fault::from)?;
+            locations.push(format!("{}/{RECEIPT_OBJECT}", store.location()));
+        }
+        Ok(locations)
     }
 }
 
 impl Sealed {
-    fn new(ds: SealedDataset) -> Sealed {
+    fn new(
+        ds: SealedDataset,
+        receipt: Option<(blindfold_attest::ReceiptKey, blindfold_attest::Certificate)>,
+    ) -> Sealed {
         Sealed {
             ds: Some(Arc::new(ds)),
             pid: std::process::id(),
             forked: Mutex::new(None),
+            receipt,
         }
     }
 
@@ -315,7 +357,7 @@ fn seal_model(
     tensors: Vec<TensorIn>,
     metrics_json: &str,
     facts: serde_json::Value,
-) -> PyResult<Vec<String>> {
+) -> PyResult<(blindfold_dataset::Written, [u8; 32])> {
     let metrics: serde_json::Value =
         serde_json::from_str(metrics_json).map_err(|e| Fault::BadInput(format!("metrics: {e}")))?;
     let store = Store::open(out, true).map_err(Fault::from)?;
@@ -369,9 +411,11 @@ fn seal_model(
         metrics: &metrics,
         config: &config,
     };
-    Ok(py
+    let metrics_sha256 = blindfold_format::sha256(&metrics);
+    let written = py
         .detach(|| write_job_outputs(&store, sealer, &o))
-        .map_err(Fault::from)?)
+        .map_err(Fault::from)?;
+    Ok((written, metrics_sha256))
 }
 
 fn dtype_of(name: &str) -> Option<safetensors::Dtype> {
@@ -426,17 +470,21 @@ fn attest(
             .into())
         }
     };
+    // A key made here for the training receipt: the broker certifies it with the
+    // release; its private half never leaves this process.
+    let receipt_key = blindfold_attest::ReceiptKey::generate().map_err(Fault::from)?;
     let opts = FetchOptions {
         broker: broker.to_owned(),
         ca_cert_pem,
         job,
         model: None,
+        receipt_key: Some(receipt_key.public_hex()),
         insecure_http,
     };
-    let ds = py.detach(|| -> Result<SealedDataset, Fault> {
+    let (ds, certificate) = py.detach(|| -> Result<_, Fault> {
         let store = Store::open(dest, false)?;
         let claimed = blindfold_dataset::claimed_id(&store)?;
-        let released = blindfold_attest::fetch_key(&opts, &claimed.to_hex(), &evidence)?;
+        let mut released = blindfold_attest::fetch_key(&opts, &claimed.to_hex(), &evidence)?;
         if released.dataset_id != claimed.to_hex() {
             return Err(Fault::Integrity(
                 "the broker released the key of another dataset".into(),
@@ -444,16 +492,18 @@ fn attest(
         }
         // The manifest must be the one the owner registered: an older one is a
         // rollback, another one of the same version a fork.
-        Ok(SealedDataset::open_with_key(
+        let certificate = released.certificate.take();
+        let ds = SealedDataset::open_with_key(
             store,
             DatasetKey::from_bytes(**released.key),
             Some(Expected {
                 version: released.version,
                 manifest_sha256: released.manifest_sha256,
             }),
-        )?)
+        )?;
+        Ok((ds, certificate))
     })?;
-    Ok(Sealed::new(ds))
+    Ok(Sealed::new(ds, certificate.map(|c| (receipt_key, c))))
 }
 
 /// The plaintext baseline: one split of the owner's files, through the same importers
@@ -529,6 +579,7 @@ fn seal_plain_outputs(
         metrics_json,
         serde_json::json!({ "plaintext_input": input }),
     )
+    .map(|(written, _)| written.locations)
 }
 
 /// The native half of the `blindfold` Python package.

@@ -205,8 +205,38 @@ def test_save_sealed_writes_what_model_open_opens(owner, conn):
     ds = sealed(owner, conn)
     model = small_model()
     out = owner.dir / "model-a"
-    written = save_sealed(model.state_dict(), out=out, dataset=ds, metrics={"held_out_score": 0.5})
-    assert [Path(w).name for w in written] == ["model.sealed", "metrics.sealed", "train.json"]
+    written = save_sealed(
+        model.state_dict(),
+        out=out,
+        dataset=ds,
+        metrics={"held_out_score": 0.5},
+        hyperparameters={"lr": 0.01, "epochs": 1},
+    )
+    assert [Path(w).name for w in written] == [
+        "model.sealed",
+        "metrics.sealed",
+        "train.json",
+        "receipt.json",
+    ]
+    # The training receipt verifies with the broker's public key, names this release,
+    # and covers the sealed outputs as written (docs/receipts.md).
+    jwk = owner.run("broker", "public-key", "--dir", str(owner.dir / "broker")).stdout
+    (owner.dir / "broker.jwk").write_text(jwk)
+    checked = owner.run(
+        "receipt", "verify", str(out / "receipt.json"), "--broker-key", str(owner.dir / "broker.jwk"),
+        "--outputs", str(out), "--danger-accept-sample", "--json",
+    )
+    verified = json.loads(checked.stdout)
+    assert verified["certified"]["dataset_id"] == owner.dataset_id
+    assert verified["predicate"]["framework"] == "pytorch"
+    assert verified["predicate"]["hyperparameters"] == {"lr": 0.01, "epochs": 1}
+    assert verified["outputs_checked"] is True
+    # Without --danger-accept-sample, the sample TEE's receipt is refused (exit 4).
+    refused = owner.run(
+        "receipt", "verify", str(out / "receipt.json"), "--broker-key", str(owner.dir / "broker.jwk"),
+        check=False,
+    )
+    assert refused.returncode == 4 and "proves nothing" in refused.stderr
     clear = json.loads((out / "train.json").read_text())
     # The metrics travel sealed only. (A name with letters outside 0-9a-f: "acc" once
     # matched inside a random hex digest of train.json.)

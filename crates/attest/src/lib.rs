@@ -59,6 +59,61 @@ pub struct Released {
     pub manifest_sha256: [u8; 32],
     /// Manifest version the owner registered.
     pub version: u64,
+    /// The broker's release certificate, when the job sent a receipt key and the broker
+    /// issues them (a stock KBS does not).
+    pub certificate: Option<Certificate>,
+}
+
+/// A release certificate as the broker sent it, and what it claims (read, not verified:
+/// the job does not need the broker's key; whoever checks the receipt does).
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    /// The compact JWS.
+    pub jws: String,
+    /// Its claims.
+    pub claims: blindfold_protocol::receipt::ReleaseClaims,
+}
+
+/// The job's receipt key: a P-256 key pair made in the zone's memory, never written,
+/// that signs the training receipt (DSSE) once the broker has certified it.
+pub struct ReceiptKey(aws_lc_rs::signature::EcdsaKeyPair);
+
+impl std::fmt::Debug for ReceiptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReceiptKey({})", self.public_hex())
+    }
+}
+
+impl ReceiptKey {
+    /// A fresh key pair.
+    pub fn generate() -> Result<ReceiptKey, Error> {
+        aws_lc_rs::signature::EcdsaKeyPair::generate(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        )
+        .map(ReceiptKey)
+        .map_err(|_| Error::Evidence("cannot make a receipt key".into()))
+    }
+
+    /// The public key, SEC1 uncompressed, lowercase hex: what the job sends the broker.
+    pub fn public_hex(&self) -> String {
+        use aws_lc_rs::signature::KeyPair;
+        hex::encode(self.0.public_key().as_ref())
+    }
+
+    /// Signs `statement` as a DSSE envelope (`receipt.json`).
+    pub fn sign_statement(&self, statement: &serde_json::Value) -> Result<Vec<u8>, Error> {
+        use blindfold_protocol::receipt::{envelope, pae, PAYLOAD_TYPE};
+        let payload = serde_json::to_vec(statement)
+            .map_err(|e| Error::BadInput(format!("statement: {e}")))?;
+        let sig = self
+            .0
+            .sign(
+                &aws_lc_rs::rand::SystemRandom::new(),
+                &pae(PAYLOAD_TYPE, &payload),
+            )
+            .map_err(|_| Error::Evidence("cannot sign the receipt".into()))?;
+        Ok(envelope(&payload, &self.public_hex(), sig.as_ref()))
+    }
 }
 
 impl std::fmt::Debug for Released {
@@ -104,6 +159,9 @@ pub struct FetchOptions {
     /// session cookie and the broker's replies (denials, the attestation token) are
     /// unauthenticated. Tests only; a remote `http://` broker is refused even with it.
     pub insecure_http: bool,
+    /// The job's receipt key ([`ReceiptKey::public_hex`]): the broker certifies it with
+    /// the release (a release certificate), for the job's training receipt.
+    pub receipt_key: Option<String>,
 }
 
 impl FetchOptions {
@@ -223,6 +281,9 @@ async fn flow(
     if let Some(m) = &opts.model {
         extra["model"] = json!(m);
     }
+    if let Some(k) = &opts.receipt_key {
+        extra["receipt-key"] = json!(k);
+    }
     let r = client
         .post(&url)
         .json(&json!({"version": PROTOCOL_VERSION, "tee": evidence.tee(), "extra-params": extra}))
@@ -280,7 +341,7 @@ async fn flow(
     let plain = kp
         .decrypt(&jwe)
         .map_err(|e| Error::BadReply(e.to_string()))?;
-    let rel: Release =
+    let mut rel: Release =
         serde_json::from_slice(&plain).map_err(|e| Error::BadReply(format!("release: {e}")))?;
     if rel.dataset_id != dataset_id {
         return Err(Error::BadReply(
@@ -292,11 +353,36 @@ async fn flow(
         .ok()
         .and_then(|d| d.try_into().ok())
         .ok_or_else(|| Error::BadReply("manifest digest".into()))?;
+    // A certificate must be for this release and this job's receipt key: the job signs
+    // its receipt on the strength of it.
+    let certificate = match (rel.certificate.take(), &opts.receipt_key) {
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::BadReply(
+                "a release certificate for a job that sent no receipt key".into(),
+            ))
+        }
+        (Some(c), Some(ours)) => {
+            let claims = blindfold_protocol::receipt::certificate_claims_unverified(&c)
+                .map_err(|e| Error::BadReply(format!("release certificate: {e}")))?;
+            if claims.receipt_key != *ours
+                || claims.dataset_id != rel.dataset_id
+                || claims.version != rel.version
+                || claims.manifest_sha256 != rel.manifest_sha256
+            {
+                return Err(Error::BadReply(
+                    "the release certificate is for another release or another receipt key".into(),
+                ));
+            }
+            Some(Certificate { jws: c, claims })
+        }
+    };
     Ok(Released {
         dataset_id: rel.dataset_id.clone(),
         key,
         manifest_sha256,
         version: rel.version,
+        certificate,
     })
 }
 

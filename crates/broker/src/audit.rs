@@ -61,6 +61,11 @@ pub struct Entry {
     /// before model specs, so that their hashes stay what they were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The receipt key the job sent (a P-256 public key, hex), if any: the release
+    /// certificate names it (absent from entries without one, whose hashes stay what
+    /// they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_key: Option<String>,
     /// TEE type, if any.
     pub tee: Option<String>,
     /// Measurement, if any.

@@ -101,7 +101,8 @@ enum Op {
         model: Option<String>,
         now: u64,
         entry: Entry,
-        reply: Reply<Result<DatasetRow, Denial>>,
+        /// On grant: the row, and the sequence number of the release's audit entry.
+        reply: Reply<Result<(DatasetRow, u64), Denial>>,
     },
     Audit {
         entry: Entry,
@@ -225,7 +226,7 @@ impl Db {
         model: Option<String>,
         now: u64,
         entry: Entry,
-    ) -> Result<Result<DatasetRow, Denial>, DbError> {
+    ) -> Result<Result<(DatasetRow, u64), Denial>, DbError> {
         self.call(|reply| Op::Release {
             id,
             claims,
@@ -376,7 +377,7 @@ fn apply(
                             "released"
                         };
                         audit::append(sp, key, head, entry.outcome("granted", reason))?;
-                        Ok(Ok(r))
+                        Ok(Ok((r, head.seq)))
                     }
                     (Err(d), _) => {
                         let reason = match &d {

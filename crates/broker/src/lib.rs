@@ -149,6 +149,19 @@ fn read_hex32(p: &Path) -> Result<zeroize::Zeroizing<[u8; 32]>> {
     Ok(out)
 }
 
+/// The broker's public signing key as a JWK: what `blindfold receipt verify` checks a
+/// training receipt's release certificate with. The matching private key
+/// (DIR/token.key) also signs the broker's attestation tokens; a certificate carries a
+/// `typ` no token has.
+pub fn public_key_jwk(dir: &Path) -> Result<String> {
+    let token = read_hex32(&BrokerDir(dir.to_owned()).file("token.key"))?;
+    let key = p256::ecdsa::SigningKey::from_slice(&token[..])
+        .map_err(|_| Error::BadInput("token.key is not a P-256 secret key".into()))?;
+    Ok(blindfold_protocol::receipt::broker_key_to_jwk(
+        key.verifying_key(),
+    ))
+}
+
 /// The key of the audit chain's MACs, derived from the folder's master key (for
 /// `broker audit --verify` on the broker's host).
 pub fn audit_key(dir: &Path) -> Result<audit::AuditKey> {

@@ -356,6 +356,25 @@ async fn auth(
             )
         }
     };
+    // The job's receipt key (P-256, hex), certified on release for its training receipt.
+    let receipt_key = match v.get("extra-params").and_then(|p| p.get("receipt-key")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) => match blindfold_protocol::receipt::check_receipt_key(k) {
+            Ok(()) => Some(k.clone()),
+            Err(e) => {
+                return fail(
+                    ErrorCode::MalformedRequest,
+                    format!("extra-params.receipt-key: {e}"),
+                )
+            }
+        },
+        Some(_) => {
+            return fail(
+                ErrorCode::MalformedRequest,
+                "extra-params.receipt-key must be a string",
+            )
+        }
+    };
     let (nonce, sid) = match (random::<32>(), random::<16>()) {
         (Ok(n), Ok(s)) => (STANDARD.encode(n), hex::encode(s)),
         _ => return internal("random"),
@@ -367,6 +386,7 @@ async fn auth(
             tee,
             job,
             model,
+            receipt_key,
         },
         peer.ip(),
         Instant::now(),
@@ -441,6 +461,7 @@ async fn attest(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body)
         tee,
         job,
         model,
+        receipt_key,
     } = match st
         .sessions
         .lock()
@@ -454,6 +475,7 @@ async fn attest(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body)
     entry.tee = Some(tee.clone());
     entry.job = job.clone();
     entry.model = model.clone();
+    entry.receipt_key = receipt_key;
     entry.insecure_sample = tee == "sample";
     let deny = |st: &AppState, entry: Entry, code: ErrorCode, reason: String| {
         let r = st.db.audit(entry.outcome("denied", &reason));
@@ -553,6 +575,7 @@ async fn resource(
         claims,
         job,
         model,
+        receipt_key,
     } = match st
         .sessions
         .lock()
@@ -566,15 +589,17 @@ async fn resource(
     entry.dataset = Some(tag.clone());
     entry.job = job.clone();
     entry.model = model.clone();
+    entry.receipt_key = receipt_key.clone();
     entry.tee = Some(claims.tee.clone());
     entry.measurement = claims.measurement.clone();
     entry.insecure_sample = claims.insecure;
     let db = st.db.clone();
     let (t2, c2, j2, m2) = (tag.clone(), claims.clone(), job.clone(), model.clone());
+    let m_cert = model;
     let decision =
         tokio::task::spawn_blocking(move || db.release(t2, c2, j2, m2, now_secs(), entry)).await;
-    let row = match decision {
-        Ok(Ok(Ok(row))) => row,
+    let (row, audit_seq) = match decision {
+        Ok(Ok(Ok(granted))) => granted,
         Ok(Ok(Err(Denial::Unknown))) => return fail(ErrorCode::NotFound, "no such dataset"),
         Ok(Ok(Err(Denial::Revoked))) => {
             return fail(ErrorCode::Revoked, "the owner revoked this dataset")
@@ -586,11 +611,36 @@ async fn resource(
     let Some(key) = st.unwrap_key(&row) else {
         return internal("a stored key does not unwrap");
     };
+    // What this release was, signed for the job's training receipt: only for a job
+    // that sent a receipt key (a stock KBS client sends none, and gets what it expects).
+    let certificate = match receipt_key {
+        None => None,
+        Some(receipt_key) => {
+            let c = blindfold_protocol::receipt::ReleaseClaims {
+                iat: now_secs(),
+                receipt_key,
+                dataset_id: row.id.clone(),
+                version: row.version,
+                manifest_sha256: row.manifest_sha256.clone(),
+                tee: claims.tee.clone(),
+                measurement: claims.measurement.clone(),
+                insecure: claims.insecure,
+                job,
+                model: m_cert,
+                audit_seq,
+            };
+            match blindfold_protocol::receipt::sign_certificate(&c, &st.token_key) {
+                Ok(c) => Some(c),
+                Err(e) => return internal(e),
+            }
+        }
+    };
     let release = Release {
         dataset_id: row.id.clone(),
         key: STANDARD.encode(&key[..]),
         manifest_sha256: row.manifest_sha256.clone(),
         version: row.version,
+        certificate,
     };
     let plain = match release.to_json() {
         Ok(p) => p,

@@ -48,6 +48,8 @@ pub(crate) struct Challenge {
     pub tee: String,
     pub job: Option<String>,
     pub model: Option<String>,
+    /// The job's receipt key (hex), certified on release.
+    pub receipt_key: Option<String>,
 }
 
 /// What a resource request needs from an attested session.
@@ -57,6 +59,7 @@ pub(crate) struct Attested {
     pub claims: Claims,
     pub job: Option<String>,
     pub model: Option<String>,
+    pub receipt_key: Option<String>,
 }
 
 /// The tables' bounds.
@@ -220,6 +223,7 @@ impl Sessions {
                     claims,
                     job: p.challenge.job,
                     model: p.challenge.model,
+                    receipt_key: p.challenge.receipt_key,
                 },
                 // The session's life still counts from its challenge.
                 created: p.created,
@@ -271,6 +275,7 @@ mod tests {
             tee: "sample".into(),
             job: Some("cnn".into()),
             model: None,
+            receipt_key: None,
         }
     }
 

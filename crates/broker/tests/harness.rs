@@ -72,6 +72,7 @@ impl Broker {
                 ca_cert_pem: None,
                 job: job.map(str::to_owned),
                 model: None,
+                receipt_key: None,
                 insecure_http: true,
             },
             id,

@@ -116,6 +116,14 @@ pub enum BrokerCmd {
         #[arg(long)]
         verify: bool,
     },
+    /// Print the broker's public key (a JWK), which verifies the release certificates in
+    /// training receipts (`blindfold receipt verify --broker-key FILE`). Not secret:
+    /// publish it to whoever should check your models' receipts.
+    PublicKey {
+        /// The broker's folder.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Fetch a dataset key as a training job does (attest, then receive the key encrypted
     /// to an ephemeral key). Prints what was released, never the key.
     FetchKey(FetchArgs),
@@ -224,6 +232,7 @@ fn wire_release(r: &blindfold_owner::Release) -> blindfold_protocol::Release {
         key: STANDARD.encode(&r.key[..]),
         manifest_sha256: hex::encode(r.manifest_sha256),
         version: r.version,
+        certificate: None,
     }
 }
 
@@ -374,6 +383,9 @@ pub fn run(
                 );
             }
         }
+        BrokerCmd::PublicKey { dir } => {
+            println!("{}", blindfold_broker::public_key_jwk(&dir)?);
+        }
         BrokerCmd::Audit { dir, db, verify } => {
             let path = db.unwrap_or_else(|| BrokerDir(dir.clone()).db());
             if !path.exists() {
@@ -424,6 +436,7 @@ pub fn run(
                     .map(blindfold_zone::spec::Spec::load)
                     .transpose()?
                     .map(|s| s.sha256_hex()),
+                receipt_key: None,
                 insecure_http: a.insecure_http,
             };
             let r = blindfold_attest::fetch_key(&opts, &a.dataset, &ev)?;

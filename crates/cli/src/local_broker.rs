@@ -59,6 +59,7 @@ impl LocalBroker {
             ca_cert_pem: Some(self.ca_pem.clone()),
             job: Some(job.into()),
             model: None,
+            receipt_key: None,
             insecure_http: false,
         }
     }

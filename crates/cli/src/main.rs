@@ -11,6 +11,7 @@ mod demo;
 mod fault;
 mod local_broker;
 mod model;
+mod receipt;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -138,6 +139,9 @@ enum Cmd {
     /// The owner's side of a trained model.
     #[command(subcommand)]
     Model(model::ModelCmd),
+    /// Training receipts: check, offline, what a training job signed about its model.
+    #[command(subcommand)]
+    Receipt(receipt::ReceiptCmd),
     /// Evaluate opened weights on a plaintext test set: accuracy and confusion matrix (RMSE and R² for a regression model).
     Eval(model::EvalArgs),
     /// Run the whole story on Fashion-MNIST, end to end, in a scratch folder.
@@ -334,6 +338,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Train(a) => return Ok(blindfold_job::train(&a, &bars, g.quiet)?),
         Cmd::Model(m) => return model::model(&m, || open_keystore(g).map_err(Failure::from)),
         Cmd::Eval(a) => return model::eval(&a),
+        Cmd::Receipt(r) => return receipt::run(&r),
         Cmd::Bench(BenchCmd::Train(a)) => return bench_train::run(&a, &bars, g.quiet),
         Cmd::Bench(BenchCmd::Gpu(a)) => return bench_gpu::run(&a, &bars, g.quiet),
         other => run_owner(other, g, &bars)?,
@@ -515,6 +520,7 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
         Cmd::Train(_)
         | Cmd::Model(_)
         | Cmd::Eval(_)
+        | Cmd::Receipt(_)
         | Cmd::Bench(BenchCmd::Train(_))
         | Cmd::Bench(BenchCmd::Gpu(_)) => {
             unreachable!("dispatched in run")

@@ -490,6 +490,85 @@ fn broker_commands_over_tls() {
     );
     // Which dataset the model must come from is the owner's to say.
     e.run(&["model", "open", "model", "--out", "w.safetensors"], 2);
+
+    // The job's training receipt, checked offline with the broker's public key.
+    let jwk = e.cmd(&["broker", "public-key", "--dir", "brk"]);
+    assert!(jwk.status.success());
+    fs::write(e.path().join("broker.jwk"), &jwk.stdout).unwrap();
+    let verify = |extra: &[&str], code: i32| {
+        let mut args = vec![
+            "receipt",
+            "verify",
+            "model/receipt.json",
+            "--broker-key",
+            "broker.jwk",
+        ];
+        args.extend_from_slice(extra);
+        e.run(&args, code)
+    };
+    // A sample TEE's receipt is genuine and proves nothing: refused unless accepted.
+    let out = verify(&[], 4);
+    assert!(
+        out.contains("predicate.tee.type") && out.contains("proves nothing"),
+        "{out}"
+    );
+    let out = verify(&["--danger-accept-sample", "--outputs", "model"], 0);
+    assert!(out.contains("receipt verified"), "{out}");
+    assert!(out.contains(&format!("dataset   {id} version 1")), "{out}");
+    assert!(out.contains("NO HARDWARE ROOT OF TRUST"), "{out}");
+    assert!(out.contains("every subject present"), "{out}");
+    let out = verify(
+        &["--danger-accept-sample", "--expect-measurement", "00ff"],
+        4,
+    );
+    assert!(out.contains("predicate.tee.measurement"), "{out}");
+    // Another job's model put in this one's place is not a subject.
+    let sealed_model = fs::read(e.path().join("model/model.sealed")).unwrap();
+    fs::write(e.path().join("model/model.sealed"), b"another model").unwrap();
+    let out = verify(&["--danger-accept-sample", "--outputs", "model"], 4);
+    assert!(out.contains("subject[0].digest.sha256"), "{out}");
+    fs::write(e.path().join("model/model.sealed"), sealed_model).unwrap();
+    // An edited statement: the dataset version named, a hyperparameter via the signature.
+    let receipt = fs::read_to_string(e.path().join("model/receipt.json")).unwrap();
+    let env: serde_json::Value = serde_json::from_str(&receipt).unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let statement: serde_json::Value =
+        serde_json::from_slice(&b64.decode(env["payload"].as_str().unwrap()).unwrap()).unwrap();
+    for (path, value, field) in [
+        (
+            "/predicate/dataset/version",
+            serde_json::json!(2),
+            "predicate.dataset.version",
+        ),
+        (
+            "/predicate/hyperparameters/epochs",
+            serde_json::json!(20),
+            "signatures[0].sig",
+        ),
+    ] {
+        let mut st = statement.clone();
+        *st.pointer_mut(path).unwrap() = value;
+        let mut edited = env.clone();
+        edited["payload"] = serde_json::json!(b64.encode(serde_json::to_vec(&st).unwrap()));
+        fs::write(
+            e.path().join("edited.json"),
+            serde_json::to_vec(&edited).unwrap(),
+        )
+        .unwrap();
+        let out = e.run(
+            &[
+                "receipt",
+                "verify",
+                "edited.json",
+                "--broker-key",
+                "broker.jwk",
+                "--danger-accept-sample",
+            ],
+            4,
+        );
+        assert!(out.contains(field), "{field}: {out}");
+    }
     let out = e.run(
         &["eval", "--model", "weights.safetensors", "--test", "fm"],
         0,

@@ -15,7 +15,7 @@ mod reader;
 
 pub use error::{Error, Result};
 pub use outputs::{
-    check_output_location, check_safetensors, write_job_outputs, JobOutputs, OutputSealer,
+    check_output_location, check_safetensors, write_job_outputs, JobOutputs, OutputSealer, Written,
     SAFETENSORS_CONTENT_TYPE,
 };
 pub use reader::{

@@ -87,15 +87,24 @@ pub struct JobOutputs<'a> {
     pub config: &'a [u8],
 }
 
+/// What [`write_job_outputs`] wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The locations written.
+    pub locations: Vec<String>,
+    /// The sealed objects' names and the SHA-256 of their bytes as written: the
+    /// subjects of a training receipt.
+    pub sealed: Vec<(&'static str, [u8; 32])>,
+}
+
 /// Seals the model and the metrics to the owner and writes them, then the clear
 /// configuration. Each object is written whole (temporary name, then rename), the
 /// metrics only after the model, so a crash never leaves a half-written output.
-/// Returns the locations written.
 pub fn write_job_outputs(
     out: &Store,
     sealer: &OutputSealer<'_>,
     o: &JobOutputs<'_>,
-) -> Result<Vec<String>> {
+) -> Result<Written> {
     check_output_location(out)?;
     let model = sealer.seal(
         "model",
@@ -105,11 +114,18 @@ pub fn write_job_outputs(
         MODEL_OBJECT,
     )?;
     let metrics = sealer.seal("metrics", "json", o.info.clone(), o.metrics, METRICS_OBJECT)?;
+    let sealed = vec![
+        (MODEL_OBJECT, blindfold_format::sha256(&model)),
+        (METRICS_OBJECT, blindfold_format::sha256(&metrics)),
+    ];
     out.put(MODEL_OBJECT, model)?;
     out.put(METRICS_OBJECT, metrics)?;
     out.put(CONFIG_OBJECT, o.config.to_vec())?;
-    Ok([MODEL_OBJECT, METRICS_OBJECT, CONFIG_OBJECT]
-        .iter()
-        .map(|n| format!("{}/{n}", out.location()))
-        .collect())
+    Ok(Written {
+        locations: [MODEL_OBJECT, METRICS_OBJECT, CONFIG_OBJECT]
+            .iter()
+            .map(|n| format!("{}/{n}", out.location()))
+            .collect(),
+        sealed,
+    })
 }

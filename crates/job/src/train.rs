@@ -217,6 +217,7 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
                 ca_cert_pem: a.ca_cert.as_deref().map(read).transpose()?,
                 job: a.job.clone(),
                 model: None,
+                receipt_key: None,
                 insecure_http: a.insecure_http,
             };
             Source::Sealed {
@@ -260,6 +261,14 @@ pub fn train(a: &TrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
     );
     for o in &report.outputs {
         eprintln!("  wrote {o}");
+    }
+    match (&report.receipt, &report.no_receipt) {
+        (Some(_), _) => eprintln!(
+            "  the receipt is signed by a key the broker certified for this release: anyone \
+             with the broker's public key checks it with `blindfold receipt verify`"
+        ),
+        (None, Some(why)) => eprintln!("  no training receipt: {why}"),
+        (None, None) => {}
     }
     if a.json {
         println!("{}", serde_json::to_string(&report).map_err(Failure::bug)?);

@@ -9,6 +9,7 @@
 pub mod canonical;
 pub mod errors;
 pub mod jwe;
+pub mod receipt;
 #[cfg(feature = "snp")]
 pub mod snp;
 
@@ -156,6 +157,11 @@ pub struct Release {
     pub manifest_sha256: String,
     /// Manifest version the owner registered.
     pub version: u64,
+    /// The release certificate ([`receipt::sign_certificate`]), when the job sent a
+    /// receipt key: what the broker certifies about this release, for the job's
+    /// training receipt. Not secret; absent for a client that sent no receipt key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 impl Drop for Release {
@@ -171,6 +177,7 @@ impl std::fmt::Debug for Release {
             .field("key", &"<redacted>")
             .field("manifest_sha256", &self.manifest_sha256)
             .field("version", &self.version)
+            .field("certificate", &self.certificate)
             .finish()
     }
 }
@@ -180,7 +187,8 @@ impl Release {
     /// grow (growing one would free a copy of the key unwiped): an object too long for it
     /// is an error, never a reallocation.
     pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        const MAX: usize = 1024;
+        // Room for the key and a release certificate (about 1 KiB of claims, base64).
+        const MAX: usize = 4096;
         let mut buf = zeroize::Zeroizing::new([0u8; MAX]);
         let mut w = &mut buf[..];
         serde_json::to_writer(&mut w, self)
@@ -202,6 +210,7 @@ mod tests {
             key: "c2VjcmV0LWtleS1tYXRlcmlhbC0xMjM0NTY3ODkwYWI=".into(),
             manifest_sha256: "cd".repeat(32),
             version: 7,
+            certificate: None,
         }
     }
 

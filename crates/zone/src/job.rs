@@ -155,6 +155,10 @@ pub struct JobReport {
     pub data_sha256: String,
     /// Objects written, by location.
     pub outputs: Vec<String>,
+    /// Where the training receipt went (`receipt.json`, `docs/receipts.md`).
+    pub receipt: Option<String>,
+    /// Why there is no receipt, when there is none.
+    pub no_receipt: Option<String>,
 }
 
 /// Makes the process unfit to leak memory through a core dump or a debugger of the same
@@ -181,6 +185,9 @@ pub fn run(
         e => e.into(),
     })?;
     let start = Instant::now();
+    // The receipt key and the broker's certificate of it, for a sealed job.
+    let mut receipt: Option<(blindfold_attest::ReceiptKey, blindfold_attest::Certificate)> = None;
+    let mut no_receipt = "a plaintext baseline has no release to certify";
     let (trained, data_sha256, sealer, facts, mode, key_s, load_s) = match source {
         Source::Sealed {
             dataset,
@@ -197,11 +204,19 @@ pub fn run(
             cfg.check_schema(&manifest.schema)?;
             // The job declares the spec it trains (for policies that list the specs
             // they accept), and trains no other: `cfg` is not changed after this.
+            // A key made here, for the training receipt: the broker certifies it with
+            // the release, and only this process ever holds its private half.
+            let receipt_key = blindfold_attest::ReceiptKey::generate()?;
             let broker = FetchOptions {
                 model: Some(cfg.spec()?.sha256_hex()),
+                receipt_key: Some(receipt_key.public_hex()),
                 ..broker.clone()
             };
-            let released = blindfold_attest::fetch_key(&broker, &claimed.to_hex(), evidence)?;
+            let mut released = blindfold_attest::fetch_key(&broker, &claimed.to_hex(), evidence)?;
+            match released.certificate.take() {
+                Some(c) => receipt = Some((receipt_key, c)),
+                None => no_receipt = "the broker issued no release certificate (a stock KBS)",
+            }
             if released.dataset_id != claimed.to_hex() {
                 return Err(Error::Broker(blindfold_attest::Error::BadReply(
                     "the broker released the key of another dataset".into(),
@@ -286,7 +301,24 @@ pub fn run(
         }
     };
     let t = Instant::now();
-    let outputs = write_outputs(out, &sealer.sealer(), cfg, &trained, &facts)?;
+    let (written, metrics_sha256) = write_outputs(out, &sealer.sealer(), cfg, &trained, &facts)?;
+    let mut outputs = written.locations;
+    let (receipt, no_receipt) = match receipt {
+        Some((key, cert)) => {
+            let at = write_receipt(
+                out,
+                &key,
+                &cert,
+                &written.sealed,
+                cfg,
+                &trained,
+                metrics_sha256,
+            )?;
+            outputs.push(at.clone());
+            (Some(at), None)
+        }
+        None => (None, Some(no_receipt.to_owned())),
+    };
     let output_s = t.elapsed().as_secs_f64();
     let report = JobReport {
         mode,
@@ -304,6 +336,8 @@ pub fn run(
         weights_sha256: hex::encode(trained.weights_sha256),
         data_sha256,
         outputs,
+        receipt,
+        no_receipt,
     };
     Ok((report, trained))
 }
@@ -333,15 +367,49 @@ impl Owner {
     }
 }
 
+/// Signs and writes the training receipt (`docs/receipts.md`): the sealed outputs as
+/// subjects, the broker's certificate of this release, and what the job trained.
+fn write_receipt(
+    out: &Store,
+    key: &blindfold_attest::ReceiptKey,
+    cert: &blindfold_attest::Certificate,
+    sealed: &[(&'static str, [u8; 32])],
+    cfg: &TrainConfig,
+    trained: &Trained,
+    metrics_sha256: [u8; 32],
+) -> Result<String> {
+    use blindfold_protocol::receipt::{statement, Subject, Training, RECEIPT_OBJECT};
+    let subjects: Vec<Subject> = sealed
+        .iter()
+        .map(|(name, sha256)| Subject {
+            name: (*name).to_owned(),
+            sha256: *sha256,
+        })
+        .collect();
+    let training = Training {
+        framework: "burn".into(),
+        model: json!({
+            "name": trained.spec.name(),
+            "spec_sha256": trained.spec.spec.sha256_hex(),
+        }),
+        hyperparameters: serde_json::to_value(cfg).map_err(|e| Error::Bug(e.to_string()))?,
+        metrics_sha256,
+    };
+    let st = statement(&subjects, &cert.jws, &cert.claims, &training);
+    out.put(RECEIPT_OBJECT, key.sign_statement(&st)?)?;
+    Ok(format!("{}/{RECEIPT_OBJECT}", out.location()))
+}
+
 /// Seals the weights and the metrics to the owner and writes them, then the clear
-/// configuration ([`blindfold_dataset::write_job_outputs`]).
+/// configuration ([`blindfold_dataset::write_job_outputs`]). Returns what was written
+/// and the SHA-256 of the metrics' plaintext.
 fn write_outputs(
     out: &Store,
     sealer: &OutputSealer<'_>,
     cfg: &TrainConfig,
     trained: &Trained,
     facts: &serde_json::Value,
-) -> Result<Vec<String>> {
+) -> Result<(blindfold_dataset::Written, [u8; 32])> {
     let run: [u8; 16] = blindfold_format::random_bytes().map_err(|e| Error::Bug(e.to_string()))?;
     let info = serde_json::to_value(OutputInfo {
         model: trained.spec.name().to_owned(),
@@ -379,7 +447,8 @@ fn write_outputs(
         metrics: &metrics,
         config: &config,
     };
-    Ok(write_job_outputs(out, sealer, &outputs)?)
+    let metrics_sha256 = blindfold_format::sha256(&metrics);
+    Ok((write_job_outputs(out, sealer, &outputs)?, metrics_sha256))
 }
 
 #[cfg(test)]

@@ -120,6 +120,7 @@ impl World {
             ca_cert_pem: None,
             job: Some(job.into()),
             model: None,
+            receipt_key: None,
             insecure_http: true,
         }
     }
@@ -633,4 +634,85 @@ fn a_spec_that_does_not_fit_uses_no_release() {
         "{e}"
     );
     w.run_sealed("train", "m-fits", &cfg("mlp")).unwrap();
+}
+
+#[test]
+fn a_sealed_job_signs_a_receipt_its_brokers_key_verifies() {
+    use blindfold_protocol::receipt;
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    let r = w.run_sealed("train", "m-receipt", &cfg("mlp")).unwrap();
+    let at = r.receipt.clone().expect("a sealed job writes a receipt");
+    assert!(r.outputs.contains(&at), "{:?}", r.outputs);
+    let out = Store::open(w.path("m-receipt").to_str().unwrap(), false).unwrap();
+    let bytes = out.get(receipt::RECEIPT_OBJECT).unwrap();
+    let jwk = blindfold_broker::public_key_jwk(&w.path("broker")).unwrap();
+    let v = receipt::verify(&bytes, &receipt::broker_key_from_jwk(&jwk).unwrap()).unwrap();
+    // What the broker certified is this release.
+    let rel = blindfold_owner::release(&w.owner_view());
+    assert_eq!(v.claims.dataset_id, rel.dataset_id);
+    assert_eq!(v.claims.version, rel.version);
+    assert_eq!(v.claims.manifest_sha256, hex::encode(rel.manifest_sha256));
+    assert_eq!(v.claims.job.as_deref(), Some("train"));
+    assert_eq!(
+        v.claims.model,
+        Some(Spec::load("mlp").unwrap().sha256_hex())
+    );
+    assert!(v.claims.insecure && v.claims.tee == "sample");
+    assert!(v.predicate["assurance"]
+        .as_str()
+        .unwrap()
+        .starts_with("none:"));
+    assert_eq!(v.predicate["hyperparameters"]["seed"], 7);
+    // The subjects are the sealed objects as stored.
+    let names: Vec<&str> = v.subjects.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, [MODEL_OBJECT, METRICS_OBJECT]);
+    for s in &v.subjects {
+        assert_eq!(
+            blindfold_format::sha256(&out.get(&s.name).unwrap()),
+            s.sha256
+        );
+    }
+    // The owner who opens the metrics finds the digest the receipt holds.
+    let (_, metrics) =
+        w.ks.open_output(&out.get(METRICS_OBJECT).unwrap(), "metrics", false)
+            .unwrap();
+    assert_eq!(
+        v.predicate["metrics"]["sha256"],
+        hex::encode(blindfold_format::sha256(&metrics))
+    );
+    // The audit entry the certificate names is this release, with this receipt key.
+    let log: serde_json::Value = w
+        ._rt
+        .block_on(async {
+            reqwest::Client::new()
+                .get(format!("{}/admin/v0/audit", w.broker_url))
+                .bearer_auth(&w.admin)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+        })
+        .unwrap();
+    let entry = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["seq"] == v.claims.audit_seq)
+        .unwrap();
+    assert_eq!(entry["event"], "release");
+    assert_eq!(entry["outcome"], "granted");
+    assert_eq!(entry["receipt_key"], v.claims.receipt_key);
+    // Another broker's key refuses it.
+    let other = w.path("other-broker");
+    blindfold_broker::init(&other, &[]).unwrap();
+    let other =
+        receipt::broker_key_from_jwk(&blindfold_broker::public_key_jwk(&other).unwrap()).unwrap();
+    let e = receipt::verify(&bytes, &other).unwrap_err();
+    assert_eq!(e.field, "predicate.release.certificate");
+    // A plaintext baseline has no release, and writes no receipt.
+    let p = w.run_plain("m-plain", &cfg("mlp"));
+    assert!(p.receipt.is_none() && p.no_receipt.is_some());
+    assert!(!w.path("m-plain").join(receipt::RECEIPT_OBJECT).exists());
 }
