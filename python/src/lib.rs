@@ -124,8 +124,9 @@ pub struct Sealed {
     /// The connection of a forked process: (its pid, the dataset over it).
     forked: Mutex<Option<(u32, Arc<SealedDataset>)>>,
     /// The receipt key made before attesting and the broker's certificate of it, when
-    /// the broker issued one: what `seal_outputs` signs the training receipt with.
-    receipt: Option<(blindfold_attest::ReceiptKey, blindfold_attest::Certificate)>,
+    /// the broker issued one: what `seal_outputs` signs the training receipt with. Taken
+    /// by the first receipt: one release, one receipt.
+    receipt: Mutex<Option<(blindfold_attest::ReceiptKey, blindfold_attest::Certificate)>>,
 }
 
 impl Drop for Sealed {
@@ -259,7 +260,12 @@ impl Sealed {
             facts,
         )?;
         let mut locations = written.locations;
-        if let Some((key, cert)) = &self.receipt {
+        let receipt = self
+            .receipt
+            .lock()
+            .map_err(|_| Fault::Bug("receipt lock poisoned".into()))?
+            .take();
+        if let Some((key, cert)) = &receipt {
             use blindfold_protocol::receipt::{statement, Subject, Training, RECEIPT_OBJECT};
             let subjects: Vec<Subject> = written
                 .sealed
@@ -295,7 +301,7 @@ impl Sealed {
             ds: Some(Arc::new(ds)),
             pid: std::process::id(),
             forked: Mutex::new(None),
-            receipt,
+            receipt: Mutex::new(receipt),
         }
     }
 
@@ -390,8 +396,12 @@ fn seal_model(
     let digest = blindfold_format::sha256(&model);
     let run: [u8; 16] = blindfold_format::random_bytes().map_err(|e| Fault::Bug(e.to_string()))?;
     let info = serde_json::json!({"framework": "pytorch", "run": hex::encode(run)});
+    // Random bytes inside the sealed metrics, so that the digest a training receipt
+    // publishes confirms no guess of them (docs/receipts.md).
+    let salt: [u8; 32] = blindfold_format::random_bytes().map_err(|e| Fault::Bug(e.to_string()))?;
     let metrics = Zeroizing::new(
         serde_json::to_vec_pretty(&serde_json::json!({
+            "salt": hex::encode(salt),
             "framework": "pytorch",
             "metrics": metrics,
             "weights_sha256": hex::encode(digest),

@@ -421,7 +421,7 @@ fn token(st: &AppState, sid: &str, tee: &str) -> Result<String> {
         jti: sid.into(),
         tee: tee.into(),
     };
-    let head = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+    let head = URL_SAFE_NO_PAD.encode(TOKEN_HEADER);
     let body = URL_SAFE_NO_PAD
         .encode(serde_json::to_vec(&claims).map_err(|e| Error::Internal(e.to_string()))?);
     let input = format!("{head}.{body}");
@@ -432,8 +432,16 @@ fn token(st: &AppState, sid: &str, tee: &str) -> Result<String> {
     ))
 }
 
+/// The header of every attestation token, byte for byte. The same key signs release
+/// certificates (`typ` `blindfold-release+jwt`): a token is only what carries this
+/// header, so that no certificate a job publishes in its receipt is ever a bearer token.
+const TOKEN_HEADER: &[u8] = br#"{"alg":"ES256","typ":"JWT"}"#;
+
 fn token_session(st: &AppState, tok: &str) -> Option<String> {
     let (input, sig) = tok.rsplit_once('.')?;
+    if input.split_once('.')?.0 != URL_SAFE_NO_PAD.encode(TOKEN_HEADER) {
+        return None;
+    }
     let sig = p256::ecdsa::Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).ok()?).ok()?;
     st.token_key
         .verifying_key()

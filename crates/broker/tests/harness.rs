@@ -733,3 +733,77 @@ fn tdx_quote_without_collateral_is_checked_with_the_brokers_store() {
         "{a:#?}"
     );
 }
+
+#[test]
+fn a_receipt_key_is_certified_on_release_and_the_certificate_opens_nothing() {
+    let b = start(Settings::default());
+    assert_eq!(b.register(&id(1), "tee = [\"sample\"]\n").0, 200);
+    let key = blindfold_attest::ReceiptKey::generate().unwrap();
+    let opts = FetchOptions {
+        broker: b.url.clone(),
+        job: Some("cnn".into()),
+        receipt_key: Some(key.public_hex()),
+        insecure_http: true,
+        ..FetchOptions::default()
+    };
+    let r = fetch_key(&opts, &id(1), &sample(Some(MEAS))).unwrap();
+    let cert = r
+        .certificate
+        .expect("a certificate for a job that sent a receipt key");
+    // Signed by this broker's key, naming this release and its audit entry.
+    let jwk = blindfold_broker::public_key_jwk(b.dir.path()).unwrap();
+    let broker_key = blindfold_protocol::receipt::broker_key_from_jwk(&jwk).unwrap();
+    let claims = blindfold_protocol::receipt::verify_certificate(&cert.jws, &broker_key).unwrap();
+    assert_eq!(claims, cert.claims);
+    assert_eq!(claims.receipt_key, key.public_hex());
+    assert_eq!(
+        (claims.dataset_id.as_str(), claims.version),
+        (id(1).as_str(), 3)
+    );
+    assert_eq!(claims.manifest_sha256, "ab".repeat(32));
+    assert_eq!(claims.measurement.as_deref(), Some(MEAS));
+    assert!(claims.insecure && claims.tee == "sample");
+    let entry = b
+        .audit()
+        .into_iter()
+        .find(|e| e.seq == claims.audit_seq)
+        .unwrap();
+    assert_eq!(
+        (entry.event.as_str(), entry.outcome.as_str()),
+        ("release", "granted")
+    );
+    assert_eq!(
+        entry.receipt_key.as_deref(),
+        Some(key.public_hex().as_str())
+    );
+    // A job that sends no receipt key gets no certificate (what a stock client sees).
+    let plain = b.fetch(&id(1), None, &sample(None)).unwrap();
+    assert!(plain.certificate.is_none());
+    // The certificate is signed with the key that signs attestation tokens; it is no
+    // bearer token for the resource endpoint.
+    let c = reqwest::blocking_free::client();
+    let auth = format!("Bearer {}", cert.jws);
+    let (s, v) = c.raw(
+        "GET",
+        &format!("{}{}", b.url, blindfold_protocol::resource_path(&id(1))),
+        &[("authorization", auth.as_str())],
+        vec![],
+    );
+    assert_eq!(s, 401, "{v}");
+    // A receipt key that is not a P-256 point is refused before any session exists.
+    for bad in [
+        "04".repeat(65),
+        "zz".into(),
+        key.public_hex().to_uppercase(),
+    ] {
+        let (s, v, _) = auth_req(
+            &b,
+            json!({"version": "0.4.0", "tee": "sample", "extra-params": {"receipt-key": bad}}),
+        );
+        assert_eq!((s, code(&v).as_str()), (400, "MalformedRequest"), "{v}");
+    }
+}
+
+fn auth_req(b: &Broker, body: Value) -> (u16, Value, Option<String>) {
+    auth(b, &reqwest::blocking_free::client(), body)
+}

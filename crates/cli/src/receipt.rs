@@ -54,15 +54,23 @@ fn refused(e: receipt::Refused) -> Failure {
     Failure::new(Fault::Integrity, e.to_string())
 }
 
+/// Reads at most `max` bytes of `p` (a larger file is refused unread past that).
 fn read_limited(p: &Path, max: usize) -> Result<Vec<u8>, Failure> {
-    let b = std::fs::read(p).map_err(|e| {
+    use std::io::Read;
+    let fail = |e: std::io::Error| {
         let fault = if e.kind() == std::io::ErrorKind::NotFound {
             Fault::BadInput
         } else {
             Fault::Io
         };
         Failure::new(fault, format!("{}: {e}", p.display()))
-    })?;
+    };
+    let mut b = Vec::new();
+    std::fs::File::open(p)
+        .map_err(fail)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut b)
+        .map_err(fail)?;
     if b.len() > max {
         return Err(Failure::bad_input(format!(
             "{}: larger than {max} bytes",

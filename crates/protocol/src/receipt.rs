@@ -207,6 +207,19 @@ pub struct Training {
     pub metrics_sha256: [u8; 32],
 }
 
+/// Most subjects a receipt may name.
+pub const MAX_SUBJECTS: usize = 16;
+
+/// The predicate's `assurance` sentence, which follows from the certificate alone (and
+/// is checked against it: a sample TEE's signer cannot claim more).
+pub fn assurance(insecure: bool) -> &'static str {
+    if insecure {
+        "none: the sample TEE has no hardware root of trust; anyone can produce this receipt's evidence, so it proves nothing about where or how the model was trained"
+    } else {
+        "the broker verified this TEE's hardware evidence and measurement before it released the dataset key to the job that signed this receipt"
+    }
+}
+
 /// The statement a job signs: the sealed outputs as subjects, and a predicate that
 /// repeats the certificate's facts in readable form beside the job's own.
 pub fn statement(
@@ -215,11 +228,7 @@ pub fn statement(
     claims: &ReleaseClaims,
     t: &Training,
 ) -> Value {
-    let assurance = if claims.insecure {
-        "none: the sample TEE has no hardware root of trust; anyone can produce this receipt's evidence, so it proves nothing about where or how the model was trained"
-    } else {
-        "the broker verified this TEE's hardware evidence and measurement before it released the dataset key to the job that signed this receipt"
-    };
+    let assurance = assurance(claims.insecure);
     json!({
         "_type": STATEMENT_TYPE,
         "subject": subjects.iter().map(|s| json!({
@@ -316,6 +325,15 @@ pub fn verify(
         .ok_or_else(|| refused("signatures[0].sig", "not base64"))?;
     let st: Value = serde_json::from_slice(&payload)
         .map_err(|e| refused("payload", format!("not a JSON statement: {e}")))?;
+    // Exactly the bytes a job's signer writes for this value: no duplicate key (which
+    // one parser would read first and another last), no other encoding of the same
+    // statement.
+    if serde_json::to_vec(&st).ok().as_deref() != Some(&payload[..]) {
+        return Err(refused(
+            "payload",
+            "not in the form a blindfold job signs (a duplicate key, or re-encoded)",
+        ));
+    }
     for (field, want) in [("_type", STATEMENT_TYPE), ("predicateType", PREDICATE_TYPE)] {
         if st[field] != want {
             return Err(refused(field, format!("{} is not {want}", st[field])));
@@ -328,7 +346,12 @@ pub fn verify(
     let claims = verify_certificate(cert, broker)?;
     // Every fact the broker certified must read the same in the predicate: an edit to
     // one of them is named here, before the signature (which any edit also breaks).
-    let certified: [(&str, &Value, Value); 10] = [
+    let certified: [(&str, &Value, Value); 11] = [
+        (
+            "predicate.assurance",
+            &p["assurance"],
+            json!(assurance(claims.insecure)),
+        ),
         (
             "predicate.dataset.id",
             &p["dataset"]["id"],
@@ -395,12 +418,16 @@ pub fn verify(
     })?;
     let subjects = st["subject"]
         .as_array()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| refused("subject", "no subject"))?
+        .filter(|s| !s.is_empty() && s.len() <= MAX_SUBJECTS)
+        .ok_or_else(|| refused("subject", format!("1 to {MAX_SUBJECTS} subjects")))?
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let name = s["name"].as_str().unwrap_or_default().to_owned();
+            let name = s["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| refused(&format!("subject[{i}].name"), "missing"))?
+                .to_owned();
             let sha256 = s["digest"]["sha256"]
                 .as_str()
                 .and_then(|d| hex::decode(d).ok())
@@ -409,6 +436,11 @@ pub fn verify(
             Ok(Subject { name, sha256 })
         })
         .collect::<std::result::Result<Vec<_>, Refused>>()?;
+    for (i, s) in subjects.iter().enumerate() {
+        if subjects[..i].iter().any(|t| t.name == s.name) {
+            return Err(refused(&format!("subject[{i}].name"), "named twice"));
+        }
+    }
     Ok(Verified {
         claims,
         subjects,
@@ -562,7 +594,10 @@ mod tests {
     #[test]
     fn every_certified_field_edited_is_named() {
         let f = fixture(false);
-        let cases: [Edit; 10] = [
+        let cases: [Edit; 11] = [
+            ("predicate.assurance", |p| {
+                p["assurance"] = json!(assurance(true))
+            }),
             ("predicate.dataset.id", |p| {
                 p["dataset"]["id"] = json!("00".repeat(16))
             }),
@@ -603,6 +638,70 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_signer_cannot_claim_hardware_assurance() {
+        // Anyone holds a sample TEE's receipt key: they sign what they like, but the
+        // assurance sentence must be the one the certificate implies.
+        let f = fixture(true);
+        let r = receipt(&f, |st| {
+            st["predicate"]["assurance"] = json!(assurance(false));
+        });
+        let e = verify(&r, f.broker.verifying_key()).unwrap_err();
+        assert_eq!(e.field, "predicate.assurance", "{e}");
+    }
+
+    #[test]
+    fn a_payload_with_a_duplicate_key_is_refused() {
+        // A signer who puts a fake "tee" first and the certified one last: serde keeps
+        // the last, another parser the first. The payload is refused whole.
+        let f = fixture(true);
+        let good: Value = serde_json::from_slice(&receipt(&f, |_| {})).unwrap();
+        let payload =
+            String::from_utf8(STANDARD.decode(good["payload"].as_str().unwrap()).unwrap()).unwrap();
+        let forged = payload.replacen(
+            "\"predicate\":{",
+            "\"predicate\":{\"tee\":{\"type\":\"snp\",\"insecure\":false},",
+            1,
+        );
+        assert_ne!(forged, payload);
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = f
+            .job
+            .sign(&rng, &pae(PAYLOAD_TYPE, forged.as_bytes()))
+            .unwrap();
+        let r = envelope(forged.as_bytes(), &f.claims.receipt_key, sig.as_ref());
+        let e = verify(&r, f.broker.verifying_key()).unwrap_err();
+        assert_eq!(e.field, "payload", "{e}");
+    }
+
+    #[test]
+    fn subjects_are_bounded_named_and_distinct() {
+        let f = fixture(false);
+        let many: Vec<Value> = (0..=MAX_SUBJECTS)
+            .map(|i| json!({"name": format!("o{i}"), "digest": {"sha256": "00".repeat(32)}}))
+            .collect();
+        let cases: [(&str, Value); 4] = [
+            ("subject", json!([])),
+            ("subject", json!(many)),
+            (
+                "subject[0].name",
+                json!([{"digest": {"sha256": "00".repeat(32)}}]),
+            ),
+            (
+                "subject[1].name",
+                json!([
+                    {"name": "model.sealed", "digest": {"sha256": "00".repeat(32)}},
+                    {"name": "model.sealed", "digest": {"sha256": "11".repeat(32)}}
+                ]),
+            ),
+        ];
+        for (field, subjects) in cases {
+            let r = receipt(&f, |st| st["subject"] = subjects.clone());
+            let e = verify(&r, f.broker.verifying_key()).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
     fn an_uncertified_field_edited_breaks_the_signature() {
         let f = fixture(false);
         for edit in [
@@ -610,7 +709,6 @@ mod tests {
                 as fn(&mut Value),
             |st| st["predicate"]["hyperparameters"]["epochs"] = json!(3),
             |st| st["subject"][0]["digest"]["sha256"] = json!("00".repeat(32)),
-            |st| st["predicate"]["assurance"] = json!("trust me"),
         ] {
             let e = verify(&edited(&f, edit), f.broker.verifying_key()).unwrap_err();
             assert_eq!(e.field, "signatures[0].sig", "{e}");

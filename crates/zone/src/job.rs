@@ -420,8 +420,13 @@ fn write_outputs(
         run: hex::encode(run),
     })
     .map_err(|e| Error::Bug(e.to_string()))?;
+    // Random bytes inside the sealed metrics: the receipt publishes the metrics' digest,
+    // and without them that digest (of a deterministic job's metrics) would let anyone
+    // confirm a guess of the dataset by training on it.
+    let salt: [u8; 32] = blindfold_format::random_bytes().map_err(|e| Error::Bug(e.to_string()))?;
     let metrics = zeroize::Zeroizing::new(
         serde_json::to_vec_pretty(&json!({
+            "salt": hex::encode(salt),
             "config": cfg,
             "model_sha256": trained.spec.spec.sha256_hex(),
             "input": trained.spec.input,

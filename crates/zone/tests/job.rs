@@ -711,6 +711,20 @@ fn a_sealed_job_signs_a_receipt_its_brokers_key_verifies() {
         receipt::broker_key_from_jwk(&blindfold_broker::public_key_jwk(&other).unwrap()).unwrap();
     let e = receipt::verify(&bytes, &other).unwrap_err();
     assert_eq!(e.field, "predicate.release.certificate");
+    // The metrics' digest confirms no guess: the same job again, on the same data, gives
+    // identical weights and another digest (the sealed metrics hold random bytes).
+    let again = w.run_sealed("train", "m-receipt-2", &cfg("mlp")).unwrap();
+    assert_eq!(again.weights_sha256, r.weights_sha256);
+    let out2 = Store::open(w.path("m-receipt-2").to_str().unwrap(), false).unwrap();
+    let v2 = receipt::verify(
+        &out2.get(receipt::RECEIPT_OBJECT).unwrap(),
+        &receipt::broker_key_from_jwk(&jwk).unwrap(),
+    )
+    .unwrap();
+    assert_ne!(
+        v2.predicate["metrics"]["sha256"],
+        v.predicate["metrics"]["sha256"]
+    );
     // A plaintext baseline has no release, and writes no receipt.
     let p = w.run_plain("m-plain", &cfg("mlp"));
     assert!(p.receipt.is_none() && p.no_receipt.is_some());
