@@ -266,23 +266,16 @@ impl Sealed {
             .map_err(|_| Fault::Bug("receipt lock poisoned".into()))?
             .take();
         if let Some((key, cert)) = &receipt {
-            use blindfold_protocol::receipt::{statement, Subject, Training, RECEIPT_OBJECT};
-            let subjects: Vec<Subject> = written
-                .sealed
-                .iter()
-                .map(|(name, sha256)| Subject {
-                    name: (*name).to_owned(),
-                    sha256: *sha256,
-                })
-                .collect();
+            use blindfold_protocol::receipt::{Training, RECEIPT_OBJECT};
             let training = Training {
                 framework: "pytorch".into(),
                 model: serde_json::json!({"format": "safetensors", "tensors": tensor_count}),
                 hyperparameters,
                 metrics_sha256,
             };
-            let st = statement(&subjects, &cert.jws, &cert.claims, &training);
-            let signed = key.sign_statement(&st).map_err(Fault::from)?;
+            let signed = key
+                .sign_receipt(cert, &written.sealed, &training)
+                .map_err(Fault::from)?;
             let store = Store::open(out, true).map_err(Fault::from)?;
             py.detach(|| store.put(RECEIPT_OBJECT, signed))
                 .map_err(Fault::from)?;

@@ -100,6 +100,26 @@ impl ReceiptKey {
         hex::encode(self.0.public_key().as_ref())
     }
 
+    /// The training receipt of a job's sealed outputs (`sealed`: object names and the
+    /// SHA-256 of their bytes as written), certified by `cert`, signed: the bytes of
+    /// `receipt.json`.
+    pub fn sign_receipt(
+        &self,
+        cert: &Certificate,
+        sealed: &[(&str, [u8; 32])],
+        training: &blindfold_protocol::receipt::Training,
+    ) -> Result<Vec<u8>, Error> {
+        use blindfold_protocol::receipt::{statement, Subject};
+        let subjects: Vec<Subject> = sealed
+            .iter()
+            .map(|(name, sha256)| Subject {
+                name: (*name).to_owned(),
+                sha256: *sha256,
+            })
+            .collect();
+        self.sign_statement(&statement(&subjects, &cert.jws, &cert.claims, training))
+    }
+
     /// Signs `statement` as a DSSE envelope (`receipt.json`).
     pub fn sign_statement(&self, statement: &serde_json::Value) -> Result<Vec<u8>, Error> {
         use blindfold_protocol::receipt::{envelope, pae, PAYLOAD_TYPE};

@@ -378,14 +378,7 @@ fn write_receipt(
     trained: &Trained,
     metrics_sha256: [u8; 32],
 ) -> Result<String> {
-    use blindfold_protocol::receipt::{statement, Subject, Training, RECEIPT_OBJECT};
-    let subjects: Vec<Subject> = sealed
-        .iter()
-        .map(|(name, sha256)| Subject {
-            name: (*name).to_owned(),
-            sha256: *sha256,
-        })
-        .collect();
+    use blindfold_protocol::receipt::{Training, RECEIPT_OBJECT};
     let training = Training {
         framework: "burn".into(),
         model: json!({
@@ -395,8 +388,7 @@ fn write_receipt(
         hyperparameters: serde_json::to_value(cfg).map_err(|e| Error::Bug(e.to_string()))?,
         metrics_sha256,
     };
-    let st = statement(&subjects, &cert.jws, &cert.claims, &training);
-    out.put(RECEIPT_OBJECT, key.sign_statement(&st)?)?;
+    out.put(RECEIPT_OBJECT, key.sign_receipt(cert, sealed, &training)?)?;
     Ok(format!("{}/{RECEIPT_OBJECT}", out.location()))
 }
 
