@@ -250,6 +250,16 @@ pub fn run(
         fs::write(&weights, &model::to_safetensors(&net, &spec)?[..]),
     )?;
     let eval = blindfold_zone::eval::evaluate(&weights, data, None, "test", false)?;
+    eprintln!("   anyone: check the job's training receipt with the broker's public key");
+    let receipt = {
+        use blindfold_protocol::receipt;
+        let at = model_dest.join(receipt::RECEIPT_OBJECT);
+        let jwk = blindfold_broker::public_key_jwk(&broker.dir)?;
+        let key = receipt::broker_key_from_jwk(&jwk).map_err(Error::Bug)?;
+        let v = receipt::verify(&io(&at, fs::read(&at))?, &key)
+            .map_err(|e| Failure::new(crate::fault::Fault::Integrity, e.to_string()))?;
+        (at, v.claims.audit_seq)
+    };
 
     eprintln!("9. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
     copy_dir(&sealed, &tampered)?;
@@ -352,8 +362,13 @@ pub fn run(
     println!("  key store             {}", home.display());
     println!("  sealed dataset        {}", sealed.display());
     println!(
-        "  sealed model          {} (model.sealed, metrics.sealed, train.json)",
+        "  sealed model          {} (model.sealed, metrics.sealed, train.json, receipt.json)",
         model_dest.display()
+    );
+    println!(
+        "  training receipt      {}: verified with the broker's public key (release at audit entry {}); sample TEE, so it proves nothing (`blindfold receipt verify`)",
+        receipt.0.display(),
+        receipt.1
     );
     println!(
         "  opened model          {} (safetensors, PyTorch layout)",
