@@ -820,3 +820,40 @@ async fn audit_log(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respo
         Err(e) => internal(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &std::path::Path) -> Arc<AppState> {
+        let master = [3u8; 32];
+        let db = Db::open(
+            &dir.join("broker.db"),
+            crate::audit::AuditKey::derive(&master),
+        )
+        .unwrap();
+        AppState::new(db, master, [7u8; 32], [0u8; 32], Settings::default()).unwrap()
+    }
+
+    #[test]
+    fn only_the_token_header_makes_a_bearer_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let tok = token(&st, "session-1", "sample").unwrap();
+        assert_eq!(token_session(&st, &tok).as_deref(), Some("session-1"));
+        // The very claims of a valid token, signed by the same key under a release
+        // certificate's header: not a token.
+        let body = tok.split('.').nth(1).unwrap();
+        let head = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&json!({
+                "alg": "ES256",
+                "typ": blindfold_protocol::receipt::CERTIFICATE_TYP,
+            }))
+            .unwrap(),
+        );
+        let input = format!("{head}.{body}");
+        let sig: p256::ecdsa::Signature = st.token_key.sign(input.as_bytes());
+        let other = format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.to_bytes()));
+        assert_eq!(token_session(&st, &other), None);
+    }
+}
