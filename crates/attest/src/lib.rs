@@ -62,6 +62,9 @@ pub struct Released {
     /// The broker's release certificate, when the job sent a receipt key and the broker
     /// issues them (a stock KBS does not).
     pub certificate: Option<Certificate>,
+    /// The owner's serving rules, when the released key is a model's whose policy has
+    /// a `[serve]` table.
+    pub serve: Option<blindfold_protocol::serve::ServeRules>,
 }
 
 /// A release certificate as the broker sent it, and what it claims (read, not verified:
@@ -403,6 +406,7 @@ async fn flow(
         manifest_sha256,
         version: rel.version,
         certificate,
+        serve: rel.serve.take(),
     })
 }
 

@@ -53,10 +53,7 @@ impl Error {
     }
 }
 
-/// A policy that does not parse or check (§4 of docs/broker-protocol.md).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("policy: {0}")]
-pub struct PolicyError(pub String);
+pub use blindfold_verify::policy::PolicyError;
 
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, Error>;

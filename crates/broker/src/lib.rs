@@ -13,10 +13,14 @@ pub mod client;
 pub mod db;
 mod error;
 pub mod fuzz;
-pub mod policy;
 pub mod server;
 mod session;
-pub mod verifier;
+
+/// The evidence verifiers, one per TEE (shared with prediction clients:
+/// `blindfold-verify`).
+pub use blindfold_verify as verifier;
+/// The per-dataset policy (shared with prediction clients: `blindfold-verify`).
+pub use blindfold_verify::policy;
 
 use std::fs;
 use std::io::Write;
@@ -167,6 +171,38 @@ pub fn public_key_jwk(dir: &Path) -> Result<String> {
 pub fn audit_key(dir: &Path) -> Result<audit::AuditKey> {
     let master = read_hex32(&BrokerDir(dir.to_owned()).file("master.key"))?;
     Ok(audit::AuditKey::derive(&master))
+}
+
+/// What [`add_tdx_collateral`] stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCollateral {
+    /// The file written.
+    pub path: PathBuf,
+    /// Platform FMSPC (upper-case hex).
+    pub fmspc: String,
+    /// `processor` or `platform`.
+    pub ca: String,
+    /// The TCB info's `nextUpdate`: after it, quotes checked with this collateral are
+    /// refused until newer collateral is added.
+    pub next_update: String,
+}
+
+/// Adds TDX quote collateral (dcap-qvl's `QuoteCollateralV3` JSON, as fetched from
+/// Intel PCS or a PCCS) to the broker's store `dir`, replacing the one for the same
+/// platform. The file is checked for form only (its signatures are checked, with the
+/// quote, at each verification), written to a temporary file, synced, and renamed.
+#[cfg(feature = "tdx")]
+pub fn add_tdx_collateral(dir: &Path, json: &[u8]) -> Result<StoredCollateral> {
+    let info = verifier::tdx::check_collateral(json).map_err(Error::BadInput)?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = verifier::tdx::store_file(dir, &info.fmspc, &info.ca);
+    write_replacing(&path, json).map_err(|e| Error::io(&path, e))?;
+    Ok(StoredCollateral {
+        path,
+        fmspc: info.fmspc,
+        ca: info.ca,
+        next_update: info.next_update,
+    })
 }
 
 /// Opens a broker folder's state: keys and database.

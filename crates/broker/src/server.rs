@@ -643,12 +643,19 @@ async fn resource(
             }
         }
     };
+    // A model's serving rules travel with its key, encrypted to the attested job: the
+    // operator of the service cannot raise its budgets.
+    let serve = match Policy::parse(&row.policy) {
+        Ok(p) => p.serve,
+        Err(e) => return internal(format!("a stored policy does not parse: {e}")),
+    };
     let release = Release {
         dataset_id: row.id.clone(),
         key: STANDARD.encode(&key[..]),
         manifest_sha256: row.manifest_sha256.clone(),
         version: row.version,
         certificate,
+        serve,
     };
     let plain = match release.to_json() {
         Ok(p) => p,

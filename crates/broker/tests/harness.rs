@@ -712,7 +712,7 @@ fn tdx_quote_without_collateral_is_checked_with_the_brokers_store() {
         why.contains("holds none for FMSPC B0C06F000000") && why.contains("broker tdx-collateral"),
         "{why}"
     );
-    blindfold_broker::verifier::tdx::add_collateral(
+    blindfold_broker::add_tdx_collateral(
         &blindfold_broker::BrokerDir(b.dir.path().to_owned()).tdx_collateral(),
         &std::fs::read(testdata.join("tdx_quote_collateral.json")).unwrap(),
     )

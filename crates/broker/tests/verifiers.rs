@@ -323,7 +323,7 @@ mod tdx {
     /// verifies it with collateral from its own store, which wins over any a client carries.
     #[test]
     fn the_brokers_collateral_store_serves_quotes_without_collateral() {
-        use blindfold_broker::verifier::tdx::add_collateral;
+        use blindfold_broker::add_tdx_collateral as add_collateral;
         let q = data("tdx_quote");
         let stock = json!({"cc_eventlog": "AAAA", "quote": STANDARD.encode(&q)});
         let dir = tempfile::tempdir().unwrap();

@@ -233,6 +233,7 @@ fn wire_release(r: &blindfold_owner::Release) -> blindfold_protocol::Release {
         manifest_sha256: hex::encode(r.manifest_sha256),
         version: r.version,
         certificate: None,
+        serve: None,
     }
 }
 
@@ -366,14 +367,11 @@ pub fn run(
                 )));
             }
             for f in files {
-                let stored = blindfold_broker::verifier::tdx::add_collateral(
-                    &d.tdx_collateral(),
-                    &read(&f)?,
-                )
-                .map_err(|e| {
-                    let e = Failure::from(e);
-                    Failure::new(e.fault, format!("{}: {e}", f.display()))
-                })?;
+                let stored = blindfold_broker::add_tdx_collateral(&d.tdx_collateral(), &read(&f)?)
+                    .map_err(|e| {
+                        let e = Failure::from(e);
+                        Failure::new(e.fault, format!("{}: {e}", f.display()))
+                    })?;
                 println!(
                     "stored TDX collateral for FMSPC {} ({} CA) as {}; TCB info valid until {}",
                     stored.fmspc,

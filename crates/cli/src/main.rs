@@ -11,6 +11,7 @@ mod demo;
 mod fault;
 mod local_broker;
 mod model;
+mod predict;
 mod receipt;
 
 use std::path::{Path, PathBuf};
@@ -144,6 +145,24 @@ enum Cmd {
     Receipt(receipt::ReceiptCmd),
     /// Evaluate opened weights on a plaintext test set: accuracy and confusion matrix (RMSE and R² for a regression model).
     Eval(model::EvalArgs),
+    /// Serve predictions of a sealed model inside the trusted zone: attest, receive the model's key and the owner's serving rules, answer over HTTPS with a TLS key bound into the evidence (what `blindfold-serve` runs).
+    #[command(after_help = "Example:
+  blindfold serve --model ./sealed-model --broker https://broker:8443 --ca-cert broker.pem --listen 0.0.0.0:8444")]
+    Serve(Box<blindfold_serve::ServeArgs>),
+    /// Predict with a served model: check the service's evidence against your expectations first, then send the records only to the attested TLS key.
+    #[command(after_help = "Example:
+  blindfold predict --service https://10.0.0.5:8444 --expect expect.toml --labels t10k-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz --limit 10
+
+expect.toml:
+  model = \"<the sealed model's id>\"
+  tee = [\"snp\"]
+  measurements = [\"<launch measurement of the serving image>\"]
+  [snp]
+  min_bootloader = 3
+  min_tee = 0
+  min_snp = 8
+  min_microcode = 115")]
+    Predict(predict::PredictArgs),
     /// Run the whole story on Fashion-MNIST, end to end, in a scratch folder.
     ///
     /// Creates a key store, seals Fashion-MNIST (installing Debian's
@@ -338,6 +357,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Train(a) => return Ok(blindfold_job::train(&a, &bars, g.quiet)?),
         Cmd::Model(m) => return model::model(&m, || open_keystore(g).map_err(Failure::from)),
         Cmd::Eval(a) => return model::eval(&a),
+        Cmd::Serve(a) => return Ok(blindfold_serve::serve(&a)?),
+        Cmd::Predict(a) => return Ok(predict::run(&a)?),
         Cmd::Receipt(r) => return receipt::run(&r),
         Cmd::Bench(BenchCmd::Train(a)) => return bench_train::run(&a, &bars, g.quiet),
         Cmd::Bench(BenchCmd::Gpu(a)) => return bench_gpu::run(&a, &bars, g.quiet),
@@ -520,6 +541,8 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
         Cmd::Train(_)
         | Cmd::Model(_)
         | Cmd::Eval(_)
+        | Cmd::Serve(_)
+        | Cmd::Predict(_)
         | Cmd::Receipt(_)
         | Cmd::Bench(BenchCmd::Train(_))
         | Cmd::Bench(BenchCmd::Gpu(_)) => {

@@ -1213,3 +1213,308 @@ fn regression_on_a_csv() {
     let out = e.run(&bad, 3);
     assert!(out.contains("regression"), "{out}");
 }
+
+/// Starts `blindfold serve` with `args`; returns the process and the URL it printed once
+/// listening (stdout's first line, JSON). Stderr is drained on a thread.
+fn start_service(e: &Env, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut svc = std::process::Command::new(assert_cmd::cargo::cargo_bin("blindfold"))
+        .current_dir(e.path())
+        .arg("serve")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(svc.stdout.take().unwrap());
+    let stderr = std::io::BufReader::new(svc.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if let Some(u) = v["listening"].as_str() {
+                let _ = tx.send(Ok(u.to_owned()));
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let lines: Vec<String> = stderr.lines().map_while(Result::ok).collect();
+        let _ = tx2.send(Err(lines.join("\n")));
+    });
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the service did not start")
+        .unwrap_or_else(|err| panic!("the service ended: {err}"));
+    (svc, url)
+}
+
+#[test]
+/// A trained model served from the zone: the owner seals the opened weights as a raw
+/// file and registers them with a `[serve]` table; `serve` attests and receives key and
+/// rules; `predict` checks the evidence (and names the field that fails) before sending
+/// anything; budgets, API keys and bad requests get clean 4xx while the service goes on.
+fn serve_and_predict() {
+    let e = Env::new();
+    idx_input(e.path());
+    e.run(&["keys", "init"], 0);
+    let id = e.run(&["seal", "fm", "--out", "sealed"], 0);
+    let id = id.lines().nth(2).unwrap().trim().to_owned();
+    e.run(&["broker", "init", "--dir", "brk"], 0);
+    let (mut broker, url) = serve_broker(&e, "brk");
+    let register = |dest: &str, policy: &str| {
+        fs::write(e.path().join("p.toml"), policy).unwrap();
+        e.run(
+            &[
+                "broker",
+                "register",
+                dest,
+                "--policy",
+                "p.toml",
+                "--broker",
+                &url,
+                "--broker-dir",
+                "brk",
+            ],
+            0,
+        )
+    };
+    register("sealed", "tee = [\"sample\"]\n");
+    let m = "ab".repeat(48);
+    e.run(
+        &[
+            "train",
+            "--dataset",
+            "sealed",
+            "--broker",
+            &url,
+            "--ca-cert",
+            "brk/tls-cert.pem",
+            "--tee",
+            "sample",
+            "--model",
+            "mlp",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+            "model",
+            "--quiet",
+        ],
+        0,
+    );
+    e.run(
+        &[
+            "model",
+            "open",
+            "model",
+            "--dataset",
+            &id,
+            "--out",
+            "w.safetensors",
+        ],
+        0,
+    );
+    let model_id = e.run(
+        &[
+            "seal",
+            "w.safetensors",
+            "--format",
+            "raw",
+            "--out",
+            "sealed-model",
+        ],
+        0,
+    );
+    let model_id = model_id.lines().nth(2).unwrap().trim().to_owned();
+    let key_sha = |k: &str| hex::encode(sha2::Sha256::digest(k.as_bytes()));
+    fs::write(e.path().join("alice.key"), "alice-key-0123456789\n").unwrap();
+    fs::write(e.path().join("bob.key"), "bob-key-0123456789").unwrap();
+    fs::write(e.path().join("mallory.key"), "not-a-key").unwrap();
+
+    // A model registered without a [serve] table is a dataset to the broker: not served.
+    register("sealed-model", "tee = [\"sample\"]\n");
+    let serve_args = [
+        "--model",
+        "sealed-model",
+        "--broker",
+        &url,
+        "--ca-cert",
+        "brk/tls-cert.pem",
+        "--tee",
+        "sample",
+        "--measurement",
+        &m,
+        "--listen",
+        "127.0.0.1:0",
+        "--receipt",
+        "model/receipt.json",
+    ];
+    let out = e.run(&[&["serve"][..], &serve_args[..]].concat(), 7);
+    assert!(out.contains("no [serve] table"), "{out}");
+
+    let rules = format!(
+        "tee = [\"sample\"]\n[serve]\nglobal_budget = 100\n[[serve.clients]]\nname = \"alice\"\nkey_sha256 = \"{}\"\nbudget = 7\n[[serve.clients]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n",
+        key_sha("alice-key-0123456789"),
+        key_sha("bob-key-0123456789")
+    );
+    let out = register("sealed-model", &rules);
+    assert!(out.contains("version 1"), "{out}");
+    let (mut svc, svc_url) = start_service(&e, &serve_args);
+
+    let expect = |extra: &str| {
+        fs::write(
+            e.path().join("expect.toml"),
+            format!("model = \"{model_id}\"\ntee = [\"sample\"]\n{extra}"),
+        )
+        .unwrap();
+    };
+    let predict = |key: &str, code: i32| {
+        e.run(
+            &[
+                "predict",
+                "--service",
+                &svc_url,
+                "--expect",
+                "expect.toml",
+                "--api-key-file",
+                key,
+                "--labels",
+                "fm/t10k-labels-idx1-ubyte",
+                "fm/t10k-images-idx3-ubyte",
+                "--json",
+            ],
+            code,
+        )
+    };
+    let receipt = hex::encode(sha2::Sha256::digest(
+        fs::read(e.path().join("model/receipt.json")).unwrap(),
+    ));
+    expect(&format!(
+        "measurements = [\"{m}\"]\nversion = 1\nreceipt_sha256 = \"{receipt}\""
+    ));
+    let out = predict("alice.key", 0);
+    let preds: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(preds.len(), 5, "{out}");
+    for (i, p) in preds.iter().enumerate() {
+        assert_eq!(p["record"], i, "{out}");
+        assert!(p["label"].as_u64().unwrap() < 10, "{out}");
+        assert_eq!(p["logits"].as_array().unwrap().len(), 10, "{out}");
+        assert_eq!(p["receipt_sha256"], receipt.as_str(), "{out}");
+    }
+    assert!(
+        out.contains("the sample TEE: its evidence proves nothing"),
+        "{out}"
+    );
+    // The owner's own evaluation of the same weights predicts the same labels.
+    e.run(
+        &[
+            "eval",
+            "--model",
+            "w.safetensors",
+            "--test",
+            "fm",
+            "--split",
+            "test",
+            "--predictions",
+            "eval.csv",
+        ],
+        0,
+    );
+    let owner: Vec<String> = fs::read_to_string(e.path().join("eval.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(2).unwrap().to_owned())
+        .collect();
+    let served: Vec<String> = preds.iter().map(|p| p["label"].to_string()).collect();
+    assert_eq!(owner, served);
+
+    // Each expectation that fails names its field, and nothing is sent.
+    expect(&format!("measurements = [\"{}\"]", "cd".repeat(48)));
+    let out = predict("bob.key", 7);
+    assert!(out.contains("expectation: measurement:"), "{out}");
+    expect("version = 2");
+    let out = predict("bob.key", 7);
+    assert!(out.contains("expectation: version:"), "{out}");
+    fs::write(
+        e.path().join("expect.toml"),
+        format!("model = \"{}\"\ntee = [\"sample\"]\n", "00".repeat(16)),
+    )
+    .unwrap();
+    let out = predict("bob.key", 7);
+    assert!(out.contains("expectation: model:"), "{out}");
+    fs::write(
+        e.path().join("expect.toml"),
+        format!("model = \"{model_id}\"\ntee = [\"tdx\"]\n"),
+    )
+    .unwrap();
+    let out = predict("bob.key", 7);
+    assert!(out.contains("expectation: tee:"), "{out}");
+
+    // Alice has 2 of her 7 queries left: 5 more are refused, with nothing answered.
+    expect("");
+    let out = predict("alice.key", 7);
+    assert!(out.contains("429") && out.contains("budget_spent"), "{out}");
+    let out = predict("mallory.key", 7);
+    assert!(
+        out.contains("401") && out.contains("unknown API key"),
+        "{out}"
+    );
+
+    // Bad requests straight to the service: each a clean 4xx, and it keeps serving.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let post = |body: Vec<u8>, key: &'static str| {
+            c.post(format!("{svc_url}/v1/predict"))
+                .bearer_auth(key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let status = |r: reqwest::Response| r.status().as_u16();
+        let bob = "bob-key-0123456789";
+        let row = vec![0.5f32; 9];
+        assert_eq!(status(post(b"{not json".to_vec(), bob).await.unwrap()), 400);
+        let wrong = serde_json::to_vec(&serde_json::json!({"inputs": [[1.0, 2.0]]})).unwrap();
+        let r = post(wrong, bob).await.unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        assert!(r.text().await.unwrap().contains("wrong_shape"));
+        let many =
+            serde_json::to_vec(&serde_json::json!({ "inputs": vec![row.clone(); 257] })).unwrap();
+        assert_eq!(status(post(many, bob).await.unwrap()), 400);
+        assert_eq!(status(post(vec![b' '; 9 << 20], bob).await.unwrap()), 413);
+        let ok = serde_json::to_vec(&serde_json::json!({ "inputs": [row.clone()] })).unwrap();
+        assert_eq!(status(post(ok.clone(), "nobody").await.unwrap()), 401);
+        let r = c
+            .post(format!("{svc_url}/v1/predict"))
+            .body(ok.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        let r = c
+            .get(format!("{svc_url}/v1/attestation?nonce=00"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        // Still serving.
+        let r = post(ok, bob).await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["predictions"].as_array().unwrap().len(), 1);
+    });
+    svc.kill().unwrap();
+    let _ = svc.wait();
+    broker.kill().unwrap();
+    let _ = broker.wait();
+}

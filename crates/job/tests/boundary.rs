@@ -134,3 +134,28 @@ fn the_pytorch_bridge_links_nothing_of_the_owner_the_broker_or_burn() {
         assert!(!pkgs.contains_key(*f), "the PyTorch bridge links {f}");
     }
 }
+
+#[test]
+fn the_serving_job_links_nothing_of_the_owner_or_the_broker() {
+    // The serving image holds the zone (CPU inference), the broker client, the sealed
+    // model reader and an HTTPS server: not the broker's server or database, the
+    // owner's tools, the passphrase KDF, the CLI, the GPU kernels, or any benchmark.
+    let pkgs = packages("blindfold-serve", "");
+    for wanted in ["blindfold-zone", "blindfold-attest", "axum", "rcgen"] {
+        assert!(pkgs.contains_key(wanted), "{wanted} missing");
+    }
+    let server_stack = ["axum", "axum-server"];
+    for f in FORBIDDEN
+        .iter()
+        .filter(|f| !server_stack.contains(f))
+        .chain(&["blindfold-verify", "blindfold-gpu"])
+    {
+        assert!(!pkgs.contains_key(*f), "the serving job links {f}");
+    }
+    for (pkg, feature) in FORBIDDEN_FEATURES {
+        let on = pkgs
+            .get(*pkg)
+            .is_some_and(|f| f.iter().any(|x| x == feature));
+        assert!(!on, "the serving job has {pkg}'s {feature:?} feature");
+    }
+}

@@ -10,6 +10,7 @@ pub mod canonical;
 pub mod errors;
 pub mod jwe;
 pub mod receipt;
+pub mod serve;
 #[cfg(feature = "snp")]
 pub mod snp;
 
@@ -162,6 +163,10 @@ pub struct Release {
     /// training receipt. Not secret; absent for a client that sent no receipt key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// The owner's serving rules, for a model whose policy has a `[serve]` table
+    /// (docs/serving.md). Absent for a dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serve: Option<serve::ServeRules>,
 }
 
 impl Drop for Release {
@@ -178,6 +183,7 @@ impl std::fmt::Debug for Release {
             .field("manifest_sha256", &self.manifest_sha256)
             .field("version", &self.version)
             .field("certificate", &self.certificate)
+            .field("serve", &self.serve)
             .finish()
     }
 }
@@ -187,9 +193,10 @@ impl Release {
     /// grow (growing one would free a copy of the key unwiped): an object too long for it
     /// is an error, never a reallocation.
     pub fn to_json(&self) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-        // Room for the key and a release certificate (about 1 KiB of claims, base64).
-        const MAX: usize = 4096;
-        let mut buf = zeroize::Zeroizing::new([0u8; MAX]);
+        // Room for the key, a release certificate (about 1 KiB of claims, base64) and
+        // serving rules (at most MAX_CLIENTS clients of about 200 bytes each).
+        const MAX: usize = 4096 + serve::MAX_CLIENTS * 256;
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; MAX]);
         let mut w = &mut buf[..];
         serde_json::to_writer(&mut w, self)
             .map_err(|e| Error::Malformed(format!("release object: {e}")))?;
@@ -211,6 +218,7 @@ mod tests {
             manifest_sha256: "cd".repeat(32),
             version: 7,
             certificate: None,
+            serve: None,
         }
     }
 

@@ -539,6 +539,20 @@ pub fn epoch_order(count: usize, seed: u64, epoch: u64) -> Vec<u32> {
 }
 
 impl SplitRecords {
+    /// Records `[start, start + count)` as the model sees them: their features as f32
+    /// (u8 scaled to [0, 1], as in training), back to back. What a prediction client
+    /// sends a service.
+    pub fn features(&self, schema: &Schema, start: usize, count: usize) -> Vec<f32> {
+        let rs = schema.record_size();
+        let fs = schema.feature_size();
+        let end = (start + count).min(self.count);
+        let mut out = Vec::with_capacity(end.saturating_sub(start) * schema.elements() as usize);
+        for i in start..end {
+            decode_features(schema.dtype, &self.bytes[i * rs..i * rs + fs], &mut out);
+        }
+        out
+    }
+
     fn batch(&self, schema: &Schema, indices: &[u32]) -> Batch {
         let rs = schema.record_size();
         let fs = schema.feature_size();

@@ -18,6 +18,7 @@ pub mod data;
 pub mod device;
 mod error;
 pub mod eval;
+pub mod infer;
 pub mod job;
 pub mod model;
 pub mod spec;

@@ -57,9 +57,9 @@ impl Default for TdxVerifier {
     }
 }
 
-/// Platform of a quote or of a collateral: FMSPC (upper-case hex, as Intel writes it)
-/// and PCK CA (`processor` or `platform`).
-fn store_file(dir: &Path, fmspc: &str, ca: &str) -> PathBuf {
+/// The file of a collateral store that holds the collateral for a platform: its FMSPC
+/// (upper-case hex, as Intel writes it) and PCK CA (`processor` or `platform`).
+pub fn store_file(dir: &Path, fmspc: &str, ca: &str) -> PathBuf {
     dir.join(format!("{fmspc}-{ca}.json"))
 }
 
@@ -178,11 +178,9 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// What [`add_collateral`] stored.
+/// What a collateral file is for, read by [`check_collateral`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredCollateral {
-    /// The file written.
-    pub path: PathBuf,
+pub struct CollateralInfo {
     /// Platform FMSPC (upper-case hex).
     pub fmspc: String,
     /// `processor` or `platform`.
@@ -192,39 +190,33 @@ pub struct StoredCollateral {
     pub next_update: String,
 }
 
-/// Adds TDX quote collateral (dcap-qvl's `QuoteCollateralV3` JSON, as fetched from
-/// Intel PCS or a PCCS) to the broker's store `dir`, replacing the one for the same
-/// platform. The file is checked for form only (its signatures are checked, with the
-/// quote, at each verification), written to a temporary file, synced, and renamed.
-pub fn add_collateral(dir: &Path, json: &[u8]) -> crate::Result<StoredCollateral> {
-    use crate::Error;
-    let coll: dcap_qvl::QuoteCollateralV3 = serde_json::from_slice(json)
-        .map_err(|e| Error::BadInput(format!("not TDX quote collateral: {e}")))?;
+/// Checks the form of TDX quote collateral (dcap-qvl's `QuoteCollateralV3` JSON, as
+/// fetched from Intel PCS or a PCCS) and says which platform it is for. Its signatures
+/// are checked, with the quote, at each verification.
+pub fn check_collateral(json: &[u8]) -> Result<CollateralInfo, String> {
+    let coll: dcap_qvl::QuoteCollateralV3 =
+        serde_json::from_slice(json).map_err(|e| format!("not TDX quote collateral: {e}"))?;
     let tcb: Value = serde_json::from_str(&coll.tcb_info)
-        .map_err(|e| Error::BadInput(format!("collateral's tcb_info is not JSON: {e}")))?;
+        .map_err(|e| format!("collateral's tcb_info is not JSON: {e}"))?;
     if tcb.get("id").and_then(Value::as_str) != Some("TDX") {
-        return Err(Error::BadInput(format!(
+        return Err(format!(
             "collateral's TCB info is for {:?}, not TDX",
             tcb.get("id").and_then(Value::as_str).unwrap_or("?")
-        )));
+        ));
     }
     let fmspc = tcb
         .get("fmspc")
         .and_then(Value::as_str)
         .filter(|f| f.len() == 12 && f.chars().all(|c| c.is_ascii_hexdigit()))
-        .ok_or_else(|| Error::BadInput("collateral's TCB info has no 12-hex-digit fmspc".into()))?
+        .ok_or("collateral's TCB info has no 12-hex-digit fmspc")?
         .to_ascii_uppercase();
     let next_update = tcb
         .get("nextUpdate")
         .and_then(Value::as_str)
         .unwrap_or("?")
         .to_owned();
-    let ca = crl_ca(&coll.pck_crl).map_err(Error::BadInput)?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let path = store_file(dir, &fmspc, ca);
-    crate::write_replacing(&path, json).map_err(|e| Error::io(&path, e))?;
-    Ok(StoredCollateral {
-        path,
+    let ca = crl_ca(&coll.pck_crl)?;
+    Ok(CollateralInfo {
         fmspc,
         ca: ca.into(),
         next_update,

@@ -1,8 +1,16 @@
 //! Evidence verifiers, one module per TEE behind a cargo feature. Each checks the
 //! evidence's signature chain to the vendor's root and that its report data equals the
-//! expected binding exactly, and returns the claims the policy evaluates.
+//! expected binding exactly, and returns the claims a [`policy::Policy`] evaluates.
+//!
+//! Two parties use them: the key broker, before it releases a key, and a prediction
+//! client, before it sends a serving job any input. This crate has no server, no
+//! database and no key: a client links it without linking the broker.
+#![forbid(unsafe_code)]
 
 use serde_json::Value;
+
+pub mod expect;
+pub mod policy;
 
 #[cfg(feature = "sample")]
 pub mod sample;
@@ -90,8 +98,13 @@ pub trait Verifier: Send + Sync {
     }
 }
 
+/// A TEE type this build cannot verify (unknown, or its cargo feature is off).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
 /// The verifier for a TEE type, or why there is none.
-pub fn for_tee(tee: &str) -> crate::Result<Box<dyn Verifier>> {
+pub fn for_tee(tee: &str) -> Result<Box<dyn Verifier>, Unsupported> {
     match tee {
         #[cfg(feature = "sample")]
         "sample" => Ok(Box::new(sample::SampleVerifier)),
@@ -100,17 +113,15 @@ pub fn for_tee(tee: &str) -> crate::Result<Box<dyn Verifier>> {
         #[cfg(feature = "tdx")]
         "tdx" => Ok(Box::new(tdx::TdxVerifier::new())),
         #[allow(unreachable_patterns)]
-        "sample" | "snp" | "tdx" => Err(crate::Error::BadInput(format!(
+        "sample" | "snp" | "tdx" => Err(Unsupported(format!(
             "the {tee} verifier is not enabled in this build (cargo feature `{tee}`)"
         ))),
-        other => Err(crate::Error::BadInput(format!(
-            "TEE type {other:?} is not supported"
-        ))),
+        other => Err(Unsupported(format!("TEE type {other:?} is not supported"))),
     }
 }
 
 /// Compares 64-byte hardware report data with the binding followed by 16 zero bytes.
-pub(crate) fn check_report_data_64(found: &[u8], expected: &[u8; 48]) -> Result<(), Rejection> {
+pub fn check_report_data_64(found: &[u8], expected: &[u8; 48]) -> Result<(), Rejection> {
     if found.len() != 64 {
         return Err(Rejection::ReportData(format!(
             "{} bytes, expected 64",

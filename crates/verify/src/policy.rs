@@ -3,8 +3,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::PolicyError;
-use crate::verifier::Claims;
+use crate::Claims;
+
+/// A policy that does not parse or check (§4 of docs/broker-protocol.md).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy: {0}")]
+pub struct PolicyError(pub String);
 
 /// Longest job name a client may send, and a policy may list (bytes).
 pub const MAX_JOB_NAME: usize = 64;
@@ -21,7 +25,7 @@ pub fn valid_job_name(job: &str) -> bool {
 
 /// Whether `s` is `len` lowercase hex digits: dataset ids (32) and model-spec digests
 /// (64), in the one form the policy and the wire both use, so they compare as strings.
-pub(crate) fn is_lower_hex(s: &str, len: usize) -> bool {
+pub fn is_lower_hex(s: &str, len: usize) -> bool {
     s.len() == len
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
@@ -58,6 +62,10 @@ pub struct Policy {
     /// TDX rules.
     #[serde(default)]
     pub tdx: Option<TdxRules>,
+    /// For a sealed model: the rules of the service that may serve it (API keys,
+    /// query budgets, top-1 only), released with the key (docs/serving.md).
+    #[serde(default)]
+    pub serve: Option<blindfold_protocol::serve::ServeRules>,
 }
 
 /// SEV-SNP rules. The four TCB minimums have no default: a policy that accepts `snp`
@@ -176,6 +184,9 @@ impl Policy {
                 )));
             }
         }
+        if let Some(s) = &p.serve {
+            s.check().map_err(PolicyError)?;
+        }
         if p.tee.iter().any(|t| t == "snp") {
             let rules = p.snp.as_ref().ok_or_else(|| {
                 PolicyError(
@@ -215,6 +226,9 @@ impl Policy {
             if self.measurements.is_empty() || tdx_unpinned || self.allows_sample() {
                 w.push("this policy lists models, but a job declares its model itself: the list binds only code the policy pins (SNP: measurements; TDX: RTMRs too, since MRTD measures only the firmware), never the sample TEE".into());
             }
+        }
+        if self.serve.as_ref().is_some_and(|s| s.clients.is_empty()) {
+            w.push("this policy's [serve] table lists no clients: a service given this model answers nobody".into());
         }
         if self.jobs.is_empty() {
             w.push("this policy lists no jobs: the job name is the client's choice anyway, not attested; it only keeps honest jobs apart".into());
@@ -391,8 +405,8 @@ mod tests {
         Claims {
             tee: "snp".into(),
             measurement: Some("aa".repeat(48)),
-            snp: Some(crate::verifier::SnpClaims {
-                tcb: crate::verifier::SnpTcb {
+            snp: Some(crate::SnpClaims {
+                tcb: crate::SnpTcb {
                     bootloader: 3,
                     tee: 0,
                     snp: 8,
