@@ -5,6 +5,7 @@
 
 mod bench_broker;
 mod bench_gpu;
+mod bench_serve;
 mod bench_train;
 mod broker;
 mod demo;
@@ -275,6 +276,8 @@ enum BenchCmd {
     /// outputs). Reports the job times side by side, accuracy, and whether the weights
     /// are bit-identical. The last line is JSON.
     Train(bench_train::BenchTrainArgs),
+    /// Prediction throughput and latency of a sealed, attested service against the same model served from plaintext without attestation, side by side in one run; prints one JSON line.
+    Serve(bench_serve::BenchServeArgs),
     /// Decrypt Fashion-MNIST's sealed training split on the GPU and copy the same bytes
     /// device to device, both timed in this run; then train the same model on the GPU
     /// from the sealed copy (decrypted on the device) and from plaintext, alternating.
@@ -362,6 +365,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Receipt(r) => return receipt::run(&r),
         Cmd::Bench(BenchCmd::Train(a)) => return bench_train::run(&a, &bars, g.quiet),
         Cmd::Bench(BenchCmd::Gpu(a)) => return bench_gpu::run(&a, &bars, g.quiet),
+        Cmd::Bench(BenchCmd::Serve(a)) => return bench_serve::run(&a),
         other => run_owner(other, g, &bars)?,
     }
     Ok(())
@@ -545,7 +549,8 @@ fn run_owner(cmd: Cmd, g: &Global, bars: &Bars) -> Result<(), Failure> {
         | Cmd::Predict(_)
         | Cmd::Receipt(_)
         | Cmd::Bench(BenchCmd::Train(_))
-        | Cmd::Bench(BenchCmd::Gpu(_)) => {
+        | Cmd::Bench(BenchCmd::Gpu(_))
+        | Cmd::Bench(BenchCmd::Serve(_)) => {
             unreachable!("dispatched in run")
         }
     }

@@ -124,19 +124,12 @@ fn io(url: &str, e: impl std::fmt::Display) -> Failure {
     Failure::new(Fault::Io, format!("{url}: {e}"))
 }
 
-/// Checks the service at `base` against `expect` and pins its TLS key.
-pub async fn attest(base: &str, expect: &Expectation) -> Result<Attested, Failure> {
-    let base = base.trim_end_matches('/').to_owned();
-    if !base.starts_with("https://") {
-        return Err(Failure::bad_input(format!(
-            "--service {base}: an https:// URL (the evidence binds the service's TLS key)"
-        )));
-    }
+/// An HTTP client whose TLS keys are checked by `pin`.
+fn client_with(pin: Arc<Mutex<Pin>>) -> Result<reqwest::Client, Failure> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let pin = Arc::new(Mutex::new(Pin::default()));
     let verifier = PinningVerifier {
-        pin: pin.clone(),
+        pin,
         algorithms: provider.signature_verification_algorithms,
     };
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
@@ -145,11 +138,32 @@ pub async fn attest(base: &str, expect: &Expectation) -> Result<Attested, Failur
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    let client = reqwest::Client::builder()
+    reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .timeout(std::time::Duration::from_secs(60))
         .build()
-        .map_err(Failure::bug)?;
+        .map_err(Failure::bug)
+}
+
+/// An HTTP client that reaches only the TLS key `spki_sha256` (a service whose key is
+/// known otherwise: the benchmark's plaintext baseline).
+pub fn pinned_client(spki_sha256: [u8; 32]) -> Result<reqwest::Client, Failure> {
+    client_with(Arc::new(Mutex::new(Pin {
+        seen: None,
+        pinned: Some(spki_sha256),
+    })))
+}
+
+/// Checks the service at `base` against `expect` and pins its TLS key.
+pub async fn attest(base: &str, expect: &Expectation) -> Result<Attested, Failure> {
+    let base = base.trim_end_matches('/').to_owned();
+    if !base.starts_with("https://") {
+        return Err(Failure::bad_input(format!(
+            "--service {base}: an https:// URL (the evidence binds the service's TLS key)"
+        )));
+    }
+    let pin = Arc::new(Mutex::new(Pin::default()));
+    let client = client_with(pin.clone())?;
     let nonce: [u8; 32] = {
         let mut n = [0u8; 32];
         aws_lc_rs::rand::fill(&mut n).map_err(|_| Failure::bug("no randomness"))?;
@@ -231,6 +245,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Attested {
+    /// The HTTP client, which reaches only the attested TLS key.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Predictions for `inputs` (features as the model saw them), as the service sent
     /// them.
     pub async fn predict(&self, key: &str, inputs: &[&[f32]]) -> Result<Value, Failure> {

@@ -1518,3 +1518,39 @@ fn serve_and_predict() {
     broker.kill().unwrap();
     let _ = broker.wait();
 }
+
+#[test]
+/// `bench serve` runs both services and prints its figures as one JSON line.
+fn bench_serve_prints_its_figures() {
+    let e = Env::new();
+    let o = e.cmd(&[
+        "bench",
+        "serve",
+        "--clients",
+        "2",
+        "--seconds",
+        "0.4",
+        "--model",
+        "mlp",
+        "--scratch",
+        ".",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    for k in [
+        "predictions_per_s",
+        "plaintext_predictions_per_s",
+        "p50_ms",
+        "p99_ms",
+        "overhead",
+    ] {
+        assert!(v[k].as_f64().is_some_and(|x| x > 0.0), "{k}: {out}");
+    }
+    assert_eq!(v["errors"], 0, "{out}");
+    assert_eq!(v["plaintext_errors"], 0, "{out}");
+}
