@@ -123,6 +123,28 @@ impl ReceiptKey {
         self.sign_statement(&statement(&subjects, &cert.jws, &cert.claims, training))
     }
 
+    /// Signs a serving job's usage report for the broker (docs/serving.md §4): the key
+    /// is the one the release certificate names, so the broker knows which release it
+    /// comes from.
+    pub fn sign_usage(
+        &self,
+        report: &blindfold_protocol::serve::UsageReport,
+    ) -> Result<blindfold_protocol::serve::SignedUsage, Error> {
+        use blindfold_protocol::receipt::pae;
+        use blindfold_protocol::serve::{SignedUsage, USAGE_PAYLOAD_TYPE};
+        let payload =
+            serde_json::to_vec(report).map_err(|e| Error::BadInput(format!("usage: {e}")))?;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let sig = self
+            .0
+            .sign(&rng, &pae(USAGE_PAYLOAD_TYPE, &payload))
+            .map_err(|_| Error::Evidence("cannot sign the usage report".into()))?;
+        Ok(SignedUsage {
+            payload: STANDARD.encode(&payload),
+            sig: STANDARD.encode(sig.as_ref()),
+        })
+    }
+
     /// Signs `statement` as a DSSE envelope (`receipt.json`).
     pub fn sign_statement(&self, statement: &serde_json::Value) -> Result<Vec<u8>, Error> {
         use blindfold_protocol::receipt::{envelope, pae, PAYLOAD_TYPE};

@@ -51,7 +51,7 @@ pub struct Entry {
     pub seq: u64,
     /// Unix seconds.
     pub time: u64,
-    /// `attest`, `release`, `register`, `revoke`.
+    /// `attest`, `release`, `register`, `revoke`, `usage`.
     pub event: String,
     /// Dataset id, if any.
     pub dataset: Option<String>,
@@ -66,6 +66,10 @@ pub struct Entry {
     /// they were).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_key: Option<String>,
+    /// A serving job's query counts (event `usage`), as it signed them (absent from
+    /// every other entry, whose hashes stay what they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<blindfold_protocol::serve::UsageReport>,
     /// TEE type, if any.
     pub tee: Option<String>,
     /// Measurement, if any.

@@ -108,6 +108,11 @@ enum Op {
         entry: Entry,
         reply: Reply<()>,
     },
+    Usage {
+        entry: Entry,
+        /// Ok(seq of the entry), or Err(the last report number recorded).
+        reply: Reply<Result<u64, u64>>,
+    },
 }
 
 /// Handle to the writer thread; cheap to clone.
@@ -241,6 +246,26 @@ impl Db {
     /// Appends an audit entry.
     pub fn audit(&self, entry: Entry) -> Result<(), DbError> {
         self.call(|reply| Op::Audit { entry, reply })
+    }
+
+    /// Records a serving job's usage report (`entry.usage`), unless a report with the
+    /// same or a higher number is recorded for the same release: `Err(last)` then.
+    pub fn usage(&self, entry: Entry) -> Result<Result<u64, u64>, DbError> {
+        self.call(|reply| Op::Usage { entry, reply })
+    }
+
+    /// The audit entry `seq`, if any.
+    pub fn entry(&self, seq: u64) -> Result<Option<Entry>, DbError> {
+        let c = self.reader()?;
+        let text: Option<String> = c
+            .query_row(
+                "SELECT entry FROM audit WHERE seq = ?1",
+                [seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| DbError(format!("audit entry: {e}"))))
+            .transpose()
     }
 
     /// A read-only connection (WAL readers do not block the writer).
@@ -395,6 +420,28 @@ fn apply(
         }
         Op::Audit { entry, reply } => {
             let res = with_savepoint(txn, head, |sp, head| audit::append(sp, key, head, entry));
+            reply_after_commit(reply, res)
+        }
+        Op::Usage { entry, reply } => {
+            let res = with_savepoint(txn, head, |sp, head| {
+                let (release, report) = match &entry.usage {
+                    Some(u) => (u.release_seq, u.report),
+                    None => return Err(DbError("a usage entry without usage".into())),
+                };
+                let last: Option<i64> = sp.query_row(
+                    "SELECT MAX(json_extract(entry, '$.usage.report')) FROM audit
+                     WHERE json_extract(entry, '$.event') = 'usage'
+                       AND json_extract(entry, '$.usage.release_seq') = ?1",
+                    [release as i64],
+                    |r| r.get(0),
+                )?;
+                let last = last.unwrap_or(0) as u64;
+                if report <= last {
+                    return Ok(Err(last));
+                }
+                audit::append(sp, key, head, entry)?;
+                Ok(Ok(head.seq))
+            });
             reply_after_commit(reply, res)
         }
     }

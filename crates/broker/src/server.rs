@@ -230,6 +230,100 @@ async fn body_bytes(body: Body) -> std::result::Result<axum::body::Bytes, Respon
     })
 }
 
+/// A serving job's query counts (docs/broker-protocol.md §6.1): accepted only when
+/// signed by the receipt key certified in the release it names, for that model, and
+/// numbered after the last report recorded for that release.
+async fn usage(State(st): State<Arc<AppState>>, body: Body) -> Response {
+    use blindfold_protocol::serve::{SignedUsage, UsageReport, USAGE_PAYLOAD_TYPE};
+    let body = match body_bytes(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let bad = |why: String| fail(ErrorCode::MalformedRequest, why);
+    let signed: SignedUsage = match serde_json::from_slice(&body) {
+        Ok(s) => s,
+        Err(e) => return bad(format!("a usage report is {{payload, sig}}: {e}")),
+    };
+    let (Ok(payload), Ok(sig)) = (
+        STANDARD.decode(&signed.payload),
+        STANDARD.decode(&signed.sig),
+    ) else {
+        return bad("payload and sig must be base64".into());
+    };
+    let report: UsageReport = match serde_json::from_slice(&payload) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("usage report: {e}")),
+    };
+    if let Err(e) = report.check() {
+        return bad(format!("usage report: {e}"));
+    }
+    let db = st.db.clone();
+    let seq = report.release_seq;
+    let release = match tokio::task::spawn_blocking(move || db.entry(seq)).await {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    // The release must be a granted one of this model, to a job that had its key
+    // certified; the report must carry that key's signature.
+    let Some(release) = release.filter(|e| {
+        e.event == "release"
+            && e.outcome == "granted"
+            && e.dataset.as_deref() == Some(report.model_id.as_str())
+    }) else {
+        return fail(
+            ErrorCode::NotFound,
+            "no granted release of this model at that audit sequence number",
+        );
+    };
+    let Some(key) = release
+        .receipt_key
+        .as_deref()
+        .and_then(|k| hex::decode(k).ok())
+    else {
+        return fail(
+            ErrorCode::Unauthorized,
+            "that release certified no key: it cannot report usage",
+        );
+    };
+    let verified = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        &key,
+    )
+    .verify(
+        &blindfold_protocol::receipt::pae(USAGE_PAYLOAD_TYPE, &payload),
+        &sig,
+    );
+    if verified.is_err() {
+        return fail(
+            ErrorCode::Unauthorized,
+            "the signature does not verify with the key certified in that release",
+        );
+    }
+    let mut entry = Entry::new("usage");
+    entry.dataset = Some(report.model_id.clone());
+    entry.job = release.job.clone();
+    entry.tee = release.tee.clone();
+    entry.measurement = release.measurement.clone();
+    entry.insecure_sample = release.insecure_sample;
+    let reason = format!(
+        "report {} of release {}: {} records answered",
+        report.report, report.release_seq, report.total
+    );
+    entry = entry.outcome("recorded", &reason);
+    entry.usage = Some(report);
+    let db = st.db.clone();
+    match tokio::task::spawn_blocking(move || db.usage(entry)).await {
+        Ok(Ok(Ok(seq))) => axum::Json(json!({ "seq": seq })).into_response(),
+        Ok(Ok(Err(last))) => fail(
+            ErrorCode::Conflict,
+            format!("report {last} or a later one is already recorded for this release"),
+        ),
+        Ok(Err(e)) => internal(e),
+        Err(e) => internal(e),
+    }
+}
+
 fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -251,6 +345,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/v0/datasets", post(register))
         .route("/admin/v0/datasets/{id}/revoke", post(revoke))
         .route("/admin/v0/audit", get(audit_log))
+        .route(blindfold_protocol::serve::USAGE_PATH, post(usage))
         .fallback(|| async { fail(ErrorCode::NotFound, "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -807,3 +807,88 @@ fn a_receipt_key_is_certified_on_release_and_the_certificate_opens_nothing() {
 fn auth_req(b: &Broker, body: Value) -> (u16, Value, Option<String>) {
     auth(b, &reqwest::blocking_free::client(), body)
 }
+
+#[test]
+fn usage_reports_need_the_certified_key_and_come_in_order() {
+    use blindfold_protocol::serve::{UsageReport, USAGE_PATH};
+    let b = start(Settings::default());
+    assert_eq!(b.register(&id(2), "tee = [\"sample\"]\n").0, 200);
+    let key = blindfold_attest::ReceiptKey::generate().unwrap();
+    let opts = FetchOptions {
+        broker: b.url.clone(),
+        job: Some("serve".into()),
+        receipt_key: Some(key.public_hex()),
+        insecure_http: true,
+        ..FetchOptions::default()
+    };
+    let r = fetch_key(&opts, &id(2), &sample(Some(MEAS))).unwrap();
+    let seq = r.certificate.unwrap().claims.audit_seq;
+    let report = |n: u64, alice: u64| UsageReport {
+        model_id: id(2),
+        release_seq: seq,
+        report: n,
+        total: alice,
+        clients: [("alice".to_owned(), alice)].into_iter().collect(),
+    };
+    let c = reqwest::blocking_free::client();
+    let post = |signed: &blindfold_protocol::serve::SignedUsage| {
+        c.raw(
+            "POST",
+            &format!("{}{USAGE_PATH}", b.url),
+            &[("content-type", "application/json")],
+            serde_json::to_vec(signed).unwrap(),
+        )
+    };
+    let first = key.sign_usage(&report(1, 5)).unwrap();
+    let (s, v) = post(&first);
+    assert_eq!(s, 200, "{v}");
+    // The same report again, or an older one after a newer: refused, not recorded.
+    assert_eq!(code(&post(&first).1), "Conflict");
+    assert_eq!(post(&key.sign_usage(&report(3, 9)).unwrap()).0, 200);
+    assert_eq!(
+        code(&post(&key.sign_usage(&report(2, 7)).unwrap()).1),
+        "Conflict"
+    );
+    // Another key (not certified in that release): refused.
+    let other = blindfold_attest::ReceiptKey::generate().unwrap();
+    let (s, v) = post(&other.sign_usage(&report(4, 10)).unwrap());
+    assert_eq!((s, code(&v).as_str()), (401, "Unauthorized"), "{v}");
+    // A report for another model, or naming a release that is not one: not found.
+    let mut wrong = report(4, 10);
+    wrong.model_id = id(3);
+    assert_eq!(post(&key.sign_usage(&wrong).unwrap()).0, 404);
+    let mut wrong = report(4, 10);
+    wrong.release_seq = 1;
+    assert_eq!(post(&key.sign_usage(&wrong).unwrap()).0, 404);
+    // A total that is not the sum of the counts, or an edited payload: malformed or
+    // unsigned.
+    let mut wrong = report(4, 10);
+    wrong.total = 11;
+    assert_eq!(post(&key.sign_usage(&wrong).unwrap()).0, 400);
+    let mut edited = key.sign_usage(&report(4, 10)).unwrap();
+    edited.payload = STANDARD.encode(serde_json::to_vec(&report(4, 1)).unwrap());
+    assert_eq!(post(&edited).0, 401);
+    // Two reports recorded, in the chain, counts only.
+    let usage: Vec<_> = b
+        .audit()
+        .into_iter()
+        .filter(|e| e.event == "usage")
+        .collect();
+    assert_eq!(usage.len(), 2);
+    assert_eq!(usage[1].usage.as_ref().unwrap().total, 9);
+    assert_eq!(usage[1].measurement.as_deref(), Some(MEAS));
+    assert!(b.verify_audit().is_ok());
+    // A release to a job that sent no key cannot report at all.
+    let plain = b.fetch(&id(2), Some("serve"), &sample(None)).unwrap();
+    assert!(plain.certificate.is_none());
+    let plain_seq = b
+        .audit()
+        .into_iter()
+        .rfind(|e| e.event == "release")
+        .unwrap()
+        .seq;
+    let mut r = report(1, 1);
+    r.release_seq = plain_seq;
+    let (s, v) = post(&key.sign_usage(&r).unwrap());
+    assert_eq!((s, code(&v).as_str()), (401, "Unauthorized"), "{v}");
+}

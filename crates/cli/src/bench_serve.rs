@@ -160,6 +160,7 @@ pub fn run(a: &BenchServeArgs) -> Result<(), Failure> {
     let broker = crate::local_broker::LocalBroker::start(&tmp.path().join("broker"))?;
     let rules = ServeRules {
         top1_only: false,
+        receipt_sha256: None,
         global_budget: None,
         clients: vec![ClientRule {
             name: "bench".into(),

@@ -76,11 +76,17 @@ impl ServerCertVerifier for PinningVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let spki = spki_sha256(end_entity).map_err(rustls::Error::General)?;
         let mut p = self.pin.lock().expect("pin lock");
-        match p.pinned {
-            Some(k) if k != spki => Err(rustls::Error::General(
+        match (p.pinned, p.seen) {
+            (Some(k), _) if k == spki => Ok(ServerCertVerified::assertion()),
+            (Some(_), _) => Err(rustls::Error::General(
                 "the service's TLS key is not the one its evidence binds".into(),
             )),
-            _ => {
+            // Before the pin, one handshake only: the one that carries the evidence. A
+            // second (a redirect, a new connection) could put another key in `seen`.
+            (None, Some(_)) => Err(rustls::Error::General(
+                "a second TLS connection before the service's evidence was checked".into(),
+            )),
+            (None, None) => {
                 p.seen = Some(spki);
                 Ok(ServerCertVerified::assertion())
             }
@@ -132,14 +138,18 @@ fn client_with(pin: Arc<Mutex<Pin>>) -> Result<reqwest::Client, Failure> {
         pin,
         algorithms: provider.signature_verification_algorithms,
     };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .map_err(Failure::bug)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
+    // A resumed session skips the certificate check: every connection shows its key.
+    tls.resumption = rustls::client::Resumption::disabled();
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
+        // A redirect would be a second connection, to a host of the server's choice.
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(Failure::bug)
@@ -223,13 +233,30 @@ pub async fn attest(base: &str, expect: &Expectation) -> Result<Attested, Failur
             format!("the service does not meet the expectation: {m}"),
         )
     })?;
-    pin.lock().expect("pin lock").pinned = Some(seen);
+    // Everything from here goes through a new client that accepts only the attested
+    // key: a new connection pool, no session to resume, nothing left of the first one.
+    drop(client);
     Ok(Attested {
-        client,
+        client: pinned_client(seen)?,
         base,
         info,
         claims,
     })
+}
+
+/// Largest answer read from a service (a hostile one could send without end).
+const MAX_ANSWER: usize = 16 << 20;
+
+/// A JSON body of at most [`MAX_ANSWER`] bytes.
+async fn read_json(mut r: reqwest::Response) -> Result<Value, String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        if buf.len() + chunk.len() > MAX_ANSWER {
+            return Err(format!("an answer over {MAX_ANSWER} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&buf).map_err(|e| format!("the answer is not JSON: {e}"))
 }
 
 /// A reqwest error with its causes (a TLS refusal says why).
@@ -262,7 +289,7 @@ impl Attested {
             .await
             .map_err(|e| io(&self.base, error_chain(&e)))?;
         let status = r.status();
-        let body: Value = r.json().await.map_err(|e| io(&self.base, e))?;
+        let body: Value = read_json(r).await.map_err(|e| io(&self.base, e))?;
         if status.is_success() {
             return Ok(body);
         }

@@ -1214,6 +1214,16 @@ fn regression_on_a_csv() {
     assert!(out.contains("regression"), "{out}");
 }
 
+/// Kills a child process when dropped (a failing test leaves no server behind).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `blindfold serve` with `args`; returns the process and the URL it printed once
 /// listening (stdout's first line, JSON). Stderr is drained on a thread.
 fn start_service(e: &Env, args: &[&str]) -> (std::process::Child, String) {
@@ -1261,7 +1271,8 @@ fn serve_and_predict() {
     let id = e.run(&["seal", "fm", "--out", "sealed"], 0);
     let id = id.lines().nth(2).unwrap().trim().to_owned();
     e.run(&["broker", "init", "--dir", "brk"], 0);
-    let (mut broker, url) = serve_broker(&e, "brk");
+    let (broker, url) = serve_broker(&e, "brk");
+    let _broker = KillOnDrop(broker);
     let register = |dest: &str, policy: &str| {
         fs::write(e.path().join("p.toml"), policy).unwrap();
         e.run(
@@ -1348,20 +1359,24 @@ fn serve_and_predict() {
         &m,
         "--listen",
         "127.0.0.1:0",
-        "--receipt",
-        "model/receipt.json",
+        "--report-every",
+        "0.5",
     ];
     let out = e.run(&[&["serve"][..], &serve_args[..]].concat(), 7);
     assert!(out.contains("no [serve] table"), "{out}");
 
+    let receipt = hex::encode(sha2::Sha256::digest(
+        fs::read(e.path().join("model/receipt.json")).unwrap(),
+    ));
     let rules = format!(
-        "tee = [\"sample\"]\n[serve]\nglobal_budget = 100\n[[serve.clients]]\nname = \"alice\"\nkey_sha256 = \"{}\"\nbudget = 7\n[[serve.clients]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n",
+        "tee = [\"sample\"]\n[serve]\nreceipt_sha256 = \"{receipt}\"\nglobal_budget = 100\n[[serve.clients]]\nname = \"alice\"\nkey_sha256 = \"{}\"\nbudget = 7\n[[serve.clients]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n",
         key_sha("alice-key-0123456789"),
         key_sha("bob-key-0123456789")
     );
     let out = register("sealed-model", &rules);
     assert!(out.contains("version 1"), "{out}");
-    let (mut svc, svc_url) = start_service(&e, &serve_args);
+    let (svc, svc_url) = start_service(&e, &serve_args);
+    let _svc = KillOnDrop(svc);
 
     let expect = |extra: &str| {
         fs::write(
@@ -1388,9 +1403,6 @@ fn serve_and_predict() {
             code,
         )
     };
-    let receipt = hex::encode(sha2::Sha256::digest(
-        fs::read(e.path().join("model/receipt.json")).unwrap(),
-    ));
     expect(&format!(
         "measurements = [\"{m}\"]\nversion = 1\nreceipt_sha256 = \"{receipt}\""
     ));
@@ -1450,11 +1462,33 @@ fn serve_and_predict() {
     assert!(out.contains("expectation: model:"), "{out}");
     fs::write(
         e.path().join("expect.toml"),
-        format!("model = \"{model_id}\"\ntee = [\"tdx\"]\n"),
+        format!("model = \"{model_id}\"\ntee = [\"tdx\"]\nallow_unpinned = true\n"),
     )
     .unwrap();
     let out = predict("bob.key", 7);
     assert!(out.contains("expectation: tee:"), "{out}");
+
+    // The service reports its counts (never contents) to the broker's audit log, signed
+    // with the key the broker certified in the model's release.
+    let usage = || -> Vec<serde_json::Value> {
+        let out = e.run(&["broker", "audit", "--dir", "brk", "--verify"], 0);
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "usage")
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut reports = usage();
+    while reports.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        reports = usage();
+    }
+    let last = reports.last().expect("no usage report in the audit log");
+    assert_eq!(last["dataset"], model_id.as_str(), "{last}");
+    assert_eq!(last["usage"]["total"], 5, "{last}");
+    assert_eq!(last["usage"]["clients"]["alice"], 5, "{last}");
+    assert_eq!(last["usage"]["clients"]["bob"], 0, "{last}");
+    assert_eq!(last["insecure_sample"], true, "{last}");
 
     // Alice has 2 of her 7 queries left: 5 more are refused, with nothing answered.
     expect("");
@@ -1513,10 +1547,6 @@ fn serve_and_predict() {
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["predictions"].as_array().unwrap().len(), 1);
     });
-    svc.kill().unwrap();
-    let _ = svc.wait();
-    broker.kill().unwrap();
-    let _ = broker.wait();
 }
 
 #[test]

@@ -36,6 +36,11 @@ pub struct ServeRules {
     /// Most records answered in total by one release, over all clients. None: no limit.
     #[serde(default)]
     pub global_budget: Option<u64>,
+    /// SHA-256 (lowercase hex) of the model's training receipt (`receipt.json` of the
+    /// job that trained it), as the owner vouches for it: the service names it in its
+    /// description, which its evidence covers, and in every answer.
+    #[serde(default)]
+    pub receipt_sha256: Option<String>,
     /// The API keys accepted. Empty: the service answers nobody.
     #[serde(default)]
     pub clients: Vec<ClientRule>,
@@ -64,6 +69,17 @@ impl ServeRules {
                 "serve.clients: {} clients, at most {MAX_CLIENTS}",
                 self.clients.len()
             ));
+        }
+        if let Some(r) = &self.receipt_sha256 {
+            if r.len() != 64
+                || !r
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(
+                    "serve.receipt_sha256: a SHA-256 in lowercase hex (64 characters)".into(),
+                );
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         let mut keys = std::collections::BTreeSet::new();
@@ -124,10 +140,79 @@ pub struct ServiceInfo {
     pub input: [usize; 3],
     /// Outputs per record (classes; 1 for a regression).
     pub outputs: usize,
-    /// SHA-256 of the model's training receipt (hex), when the service was given it.
+    /// SHA-256 of the model's training receipt (hex), when the owner's serving rules
+    /// name one.
     pub receipt_sha256: Option<String>,
     /// The owner's serving rules say: top-1 labels only.
     pub top1_only: bool,
+}
+
+/// Where a serving job reports its query counts to the broker (a blindfold extension of
+/// the KBS protocol, docs/broker-protocol.md §6.1).
+pub const USAGE_PATH: &str = "/blindfold/v0/usage";
+/// DSSE-style payload type signed in a usage report (pre-authentication encoding,
+/// [`crate::receipt::pae`]).
+pub const USAGE_PAYLOAD_TYPE: &str = "application/vnd.blindfold.usage+json";
+
+/// What a serving job has answered since its release: counts, never contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageReport {
+    /// The model (its sealed id, hex).
+    pub model_id: String,
+    /// The audit sequence number of the release the job's key was certified in.
+    pub release_seq: u64,
+    /// This report's number for that release, from 1; each must exceed the last one
+    /// recorded (a replayed or reordered report is refused).
+    pub report: u64,
+    /// Records answered since the release, over all clients.
+    pub total: u64,
+    /// Records answered since the release, per client name.
+    pub clients: std::collections::BTreeMap<String, u64>,
+}
+
+/// A usage report signed with the job's certified key (the receipt key the broker's
+/// release certificate names): `sig` is ECDSA P-256 (fixed-length r ‖ s) over
+/// `PAE(USAGE_PAYLOAD_TYPE, payload)`; both base64.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedUsage {
+    /// The report's JSON, base64.
+    pub payload: String,
+    /// The signature, base64.
+    pub sig: String,
+}
+
+impl UsageReport {
+    /// Checks the report's form; `Err` names the field.
+    pub fn check(&self) -> Result<(), String> {
+        let hex32 = self.model_id.len() == 32
+            && self
+                .model_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex32 {
+            return Err("model_id: 32 lowercase hex digits".into());
+        }
+        if self.release_seq == 0 || self.report == 0 {
+            return Err("release_seq and report count from 1".into());
+        }
+        if self.clients.len() > MAX_CLIENTS {
+            return Err(format!("clients: at most {MAX_CLIENTS}"));
+        }
+        let sum = self
+            .clients
+            .values()
+            .try_fold(0u64, |a, &n| a.checked_add(n))
+            .ok_or("clients: the counts overflow")?;
+        if sum != self.total {
+            return Err(format!(
+                "total: {} is not the sum of the clients' counts ({sum})",
+                self.total
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The 48 bytes a service's evidence binds: see the module's text.

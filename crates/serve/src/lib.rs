@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -73,21 +74,58 @@ pub struct ServeArgs {
     pub insecure_http: bool,
     #[command(flatten)]
     evidence: EvidenceArgs,
-    /// The model's training receipt (`receipt.json` of the job that trained it): its
-    /// SHA-256 goes into the service's description, which the evidence covers, and
-    /// into every answer.
-    #[arg(long, value_name = "FILE")]
-    pub receipt: Option<PathBuf>,
+    /// Seconds between reports of the query counts (per client, never contents) to the
+    /// broker's audit log; counts since the last report are lost if the process is
+    /// killed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = parse_interval)]
+    pub report_every: f64,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.1..=86400.0).contains(&v) => Ok(v),
+        _ => Err("a number of seconds from 0.1 to 86400".into()),
+    }
 }
 
 /// A model released by the broker, in the zone's memory.
 pub struct Released {
     /// The network.
     pub predictor: Predictor,
-    /// What the service says about itself (without the receipt).
+    /// What the service says about itself.
     pub info: ServiceInfo,
     /// The owner's serving rules.
     pub rules: ServeRules,
+    /// The key the broker certified for this release, which signs usage reports; none
+    /// from a broker that issues no certificates (a stock KBS).
+    pub reporter: Option<Reporter>,
+}
+
+/// Signs and numbers usage reports for one release.
+pub struct Reporter {
+    key: blindfold_attest::ReceiptKey,
+    release_seq: u64,
+    model_id: String,
+    next: u64,
+}
+
+impl Reporter {
+    /// The next report of `usage` (per client name, and total), signed.
+    pub fn sign(
+        &mut self,
+        clients: Vec<(String, u64)>,
+        total: u64,
+    ) -> Result<blindfold_protocol::serve::SignedUsage, blindfold_attest::Error> {
+        self.next += 1;
+        self.key
+            .sign_usage(&blindfold_protocol::serve::UsageReport {
+                model_id: self.model_id.clone(),
+                release_seq: self.release_seq,
+                report: self.next,
+                total,
+                clients: clients.into_iter().collect(),
+            })
+    }
 }
 
 /// Attests to the broker, receives the model's key and rules, and decrypts the weights
@@ -105,7 +143,14 @@ pub fn release_model(
         )));
     }
     let id = claimed.dataset_id.to_hex();
-    let released = blindfold_attest::fetch_key(broker, &id, evidence)?;
+    // A key of this process, certified by the broker with the release: it signs the
+    // usage reports, so that the broker can tell them from anyone else's.
+    let key = blindfold_attest::ReceiptKey::generate()?;
+    let broker = FetchOptions {
+        receipt_key: Some(key.public_hex()),
+        ..broker.clone()
+    };
+    let released = blindfold_attest::fetch_key(&broker, &id, evidence)?;
     if released.dataset_id != id {
         return Err(blindfold_attest::Error::BadReply(
             "the broker released the key of another object".into(),
@@ -151,10 +196,17 @@ pub fn release_model(
         &hex::encode(released.manifest_sha256),
         &rules,
     );
+    let reporter = released.certificate.as_ref().map(|c| Reporter {
+        key,
+        release_seq: c.claims.audit_seq,
+        model_id: id.clone(),
+        next: 0,
+    });
     Ok(Released {
         predictor,
         info,
         rules,
+        reporter,
     })
 }
 
@@ -176,7 +228,7 @@ pub fn describe(
         spec_sha256: spec.spec.sha256_hex(),
         input: spec.input,
         outputs: predictor.outputs(),
-        receipt_sha256: None,
+        receipt_sha256: rules.receipt_sha256.clone(),
         top1_only: rules.top1_only,
     }
 }
@@ -221,6 +273,9 @@ pub struct Service {
     usage: Mutex<Usage>,
     /// None: a plaintext baseline that cannot attest (benchmarks).
     evidence: Option<Mutex<EvidenceSource>>,
+    /// Set while a report is being made: one at a time, others get 503 at once (an
+    /// unauthenticated flood must not take the blocking threads predictions use).
+    evidence_busy: AtomicBool,
     spki_sha256: [u8; 32],
     receipt_sha256: Option<String>,
 }
@@ -256,6 +311,7 @@ impl Service {
             rules,
             keys,
             evidence: evidence.map(Mutex::new),
+            evidence_busy: AtomicBool::new(false),
             spki_sha256,
         })
     }
@@ -342,9 +398,18 @@ async fn attestation(
         );
     }
     let binding = service_binding(svc.info_json.as_bytes(), &svc.spki_sha256, &nonce);
+    // One report at a time (the platform's report interface is one device), and no
+    // queue: a request while one is being made is told to come back.
+    if svc.evidence_busy.swap(true, Ordering::Acquire) {
+        return fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "another client's evidence is being made: try again",
+        );
+    }
     let s = svc.clone();
-    // One report at a time: the platform's report interface is a single device.
     let made = tokio::task::spawn_blocking(move || {
+        let _busy = Busy(&s.evidence_busy);
         let src = s
             .evidence
             .as_ref()
@@ -377,6 +442,15 @@ async fn attestation(
                 "internal error",
             )
         }
+    }
+}
+
+/// Clears the evidence flag when a report is done, even by a panic.
+struct Busy<'a>(&'a AtomicBool);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -463,13 +537,11 @@ async fn predict(State(svc): State<Arc<Service>>, headers: HeaderMap, body: Byte
         }
         if let Some(g) = svc.rules.global_budget {
             if u.total + n as u64 > g {
+                // No figures: one client must not learn the others' use.
                 return fail(
                     StatusCode::TOO_MANY_REQUESTS,
                     "budget_spent",
-                    format!(
-                        "the service has {} of its {g} queries left",
-                        g - u.total.min(g)
-                    ),
+                    "the service's total budget does not cover this request",
                 );
             }
         }
@@ -563,6 +635,46 @@ pub async fn run(
         .map_err(io)
 }
 
+/// Reports the service's query counts to the broker every `every`, when they changed.
+/// A report that fails is logged, and the next one carries the counts anyway (they are
+/// totals since the release).
+pub async fn report_usage(
+    svc: Arc<Service>,
+    mut reporter: Reporter,
+    client: reqwest::Client,
+    broker: String,
+    every: std::time::Duration,
+) {
+    let url = format!(
+        "{}{}",
+        broker.trim_end_matches('/'),
+        blindfold_protocol::serve::USAGE_PATH
+    );
+    let mut reported = 0u64;
+    loop {
+        tokio::time::sleep(every).await;
+        let (clients, total) = svc.usage();
+        if total == reported {
+            continue;
+        }
+        let signed = match reporter.sign(clients, total) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("usage report: {e}");
+                continue;
+            }
+        };
+        match client.post(&url).json(&signed).send().await {
+            Ok(r) if r.status().is_success() => reported = total,
+            Ok(r) => eprintln!(
+                "blindfold-serve: warning: the broker refused a usage report: HTTP {}",
+                r.status()
+            ),
+            Err(e) => eprintln!("blindfold-serve: warning: usage report not delivered: {e}"),
+        }
+    }
+}
+
 /// Runs `blindfold serve`: attest, receive the model, serve until stopped. Prints one
 /// JSON line on stdout once it listens: address, model, TLS key digest.
 pub fn serve(a: &ServeArgs) -> Result<(), Failure> {
@@ -583,20 +695,12 @@ pub fn serve(a: &ServeArgs) -> Result<(), Failure> {
     };
     broker.check()?;
     let evidence = a.evidence.source()?;
-    let receipt_sha256 = match &a.receipt {
-        Some(p) => {
-            let bytes = std::fs::read(p)
-                .map_err(|e| Failure::bad_input(format!("{}: {e}", p.display())))?;
-            Some(hex::encode(sha2::Sha256::digest(&bytes)))
-        }
-        None => None,
-    };
     let Released {
         predictor,
-        mut info,
+        info,
         rules,
+        reporter,
     } = release_model(&a.model, &broker, &evidence)?;
-    info.receipt_sha256 = receipt_sha256;
     let tls = Tls::generate()?;
     let listener = std::net::TcpListener::bind(a.listen)
         .map_err(|e| Failure::bad_input(format!("--listen {}: {e}", a.listen)))?;
@@ -623,5 +727,20 @@ pub fn serve(a: &ServeArgs) -> Result<(), Failure> {
         .enable_all()
         .build()
         .map_err(|e| Failure::new(Fault::Io, e.to_string()))?;
+    match reporter {
+        Some(r) => {
+            let client = blindfold_attest::client(&broker)?;
+            rt.spawn(report_usage(
+                svc.clone(),
+                r,
+                client,
+                broker.broker.clone(),
+                std::time::Duration::from_secs_f64(a.report_every),
+            ));
+        }
+        None => eprintln!(
+            "blindfold-serve: warning: the broker certified no key (a stock KBS?): query counts are not reported to its audit log"
+        ),
+    }
     rt.block_on(run(listener, &tls, svc))
 }

@@ -16,7 +16,11 @@
 //! min_microcode = 115
 //! ```
 //!
-//! Every check fails closed, and a failure names the field that failed.
+//! Every check fails closed, and a failure names the field that failed. An expectation
+//! that accepts a hardware TEE must pin the code: `measurements` (SNP: the launch
+//! measurement; TDX: MRTD) and, for TDX, at least one RTMR (MRTD measures only the
+//! firmware). Otherwise any code the host launches in such a VM passes, and says what it
+//! likes about its model; `allow_unpinned = true` accepts that knowingly.
 
 use blindfold_protocol::serve::{ServiceInfo, SERVE_PROTOCOL};
 
@@ -56,6 +60,31 @@ fn mismatch(field: &'static str, detail: impl Into<String>) -> Mismatch {
 /// Broker-policy keys that mean nothing to a client.
 const BROKER_ONLY: [&str; 5] = ["jobs", "models", "expires", "max_releases", "serve"];
 
+/// Why an expectation that accepts `tee` pins no code, if it does not.
+fn unpinned(p: &Policy) -> Option<String> {
+    let hw: Vec<&str> = p
+        .tee
+        .iter()
+        .map(String::as_str)
+        .filter(|t| *t != "sample")
+        .collect();
+    if !hw.is_empty() && p.measurements.is_empty() {
+        return Some(format!(
+            "`measurements` is empty: any code in a {} VM would pass (list the serving image's measurement)",
+            hw.join(" or ")
+        ));
+    }
+    let tdx_rtmrs = p.tdx.as_ref().is_some_and(|t| {
+        [&t.rtmr0, &t.rtmr1, &t.rtmr2, &t.rtmr3]
+            .iter()
+            .any(|l| !l.is_empty())
+    });
+    if hw.contains(&"tdx") && !tdx_rtmrs {
+        return Some("[tdx] pins no RTMR: MRTD measures only the firmware, so any OS and service it boots would pass (pin rtmr1 and rtmr2)".into());
+    }
+    None
+}
+
 impl Expectation {
     /// Parses and checks an expectation file.
     pub fn parse(text: &str) -> Result<Expectation, PolicyError> {
@@ -94,9 +123,20 @@ impl Expectation {
             }
             None => None,
         };
+        let allow_unpinned = match t.remove("allow_unpinned") {
+            Some(toml::Value::Boolean(b)) => b,
+            Some(_) => return Err(PolicyError("`allow_unpinned` must be true or false".into())),
+            None => false,
+        };
         let rest = toml::to_string(&t).map_err(|e| PolicyError(e.to_string()))?;
+        let policy = Policy::parse(&rest)?;
+        if let Some(why) = unpinned(&policy).filter(|_| !allow_unpinned) {
+            return Err(PolicyError(format!(
+                "{why}; `allow_unpinned = true` accepts that knowingly"
+            )));
+        }
         Ok(Expectation {
-            policy: Policy::parse(&rest)?,
+            policy,
             model,
             version,
             receipt_sha256,
@@ -227,7 +267,7 @@ mod tests {
             "measurement"
         );
         let snp_only = Expectation::parse(&format!(
-            "model = \"{M}\"\ntee = [\"snp\"]\n[snp]\nmin_bootloader = 1\nmin_tee = 0\nmin_snp = 1\nmin_microcode = 1"
+            "model = \"{M}\"\ntee = [\"snp\"]\nmeasurements = [\"{m}\"]\n[snp]\nmin_bootloader = 1\nmin_tee = 0\nmin_snp = 1\nmin_microcode = 1"
         ))
         .unwrap();
         assert_eq!(
@@ -258,6 +298,30 @@ mod tests {
             expect("").check(&sample(&m), &i).unwrap_err().field,
             "protocol"
         );
+    }
+
+    #[test]
+    fn an_expectation_must_pin_the_code_of_a_hardware_tee() {
+        let snp = "[snp]\nmin_bootloader = 1\nmin_tee = 0\nmin_snp = 1\nmin_microcode = 1";
+        let e =
+            Expectation::parse(&format!("model = \"{M}\"\ntee = [\"snp\"]\n{snp}")).unwrap_err();
+        assert!(e.0.contains("`measurements` is empty"), "{e}");
+        let m = "ab".repeat(48);
+        let tdx = Expectation::parse(&format!(
+            "model = \"{M}\"\ntee = [\"tdx\"]\nmeasurements = [\"{m}\"]"
+        ))
+        .unwrap_err();
+        assert!(tdx.0.contains("pins no RTMR"), "{tdx}");
+        Expectation::parse(&format!(
+            "model = \"{M}\"\ntee = [\"tdx\"]\nmeasurements = [\"{m}\"]\n[tdx]\nrtmr1 = [\"{m}\"]"
+        ))
+        .unwrap();
+        Expectation::parse(&format!(
+            "model = \"{M}\"\ntee = [\"snp\"]\nallow_unpinned = true\n{snp}"
+        ))
+        .unwrap();
+        // The sample TEE pins nothing anyway: it proves nothing, and says so.
+        Expectation::parse(&format!("model = \"{M}\"\ntee = [\"sample\"]")).unwrap();
     }
 
     #[test]
