@@ -249,7 +249,7 @@ pub fn run(
         &weights,
         fs::write(&weights, &model::to_safetensors(&net, &spec)?[..]),
     )?;
-    let eval = blindfold_zone::eval::evaluate(&weights, data, None, "test", false)?;
+    let eval = blindfold_zone::eval::evaluate(&weights, data, None, "test", true)?;
     eprintln!("   anyone: check the job's training receipt with the broker's public key");
     let receipt = {
         use blindfold_protocol::receipt;
@@ -260,6 +260,8 @@ pub fn run(
             .map_err(|e| Failure::new(crate::fault::Fault::Integrity, e.to_string()))?;
         (at, v.claims.audit_seq)
     };
+
+    let served = serve_step(workdir, &ks, &broker, &weights, &receipt.0, data, &eval)?;
 
     eprintln!("9. attacker: flip one byte of a sealed shard in a copy; verify must refuse it");
     copy_dir(&sealed, &tampered)?;
@@ -374,6 +376,10 @@ pub fn run(
         "  opened model          {} (safetensors, PyTorch layout)",
         weights.display()
     );
+    println!(
+        "  served model          {} (served on {} during the demo): {} test images predicted through the attested TLS key, labels identical to the owner's evaluation; usage report at audit entry {} ({} records)",
+        served.model_id, served.url, served.predicted, served.usage_seq, served.usage_total
+    );
     println!("  opened files          {}", opened.display());
     println!("  tampered copy         {}", tampered.display());
     println!(
@@ -389,6 +395,168 @@ pub fn run(
         );
     }
     Ok(())
+}
+
+/// What the serving step did.
+struct Served {
+    model_id: String,
+    url: String,
+    predicted: usize,
+    usage_seq: u64,
+    usage_total: u64,
+}
+
+/// Step 8's second half: the owner seals the opened weights as a raw file and registers
+/// them with a `[serve]` table; a serving job attests and serves them; a caller checks
+/// the evidence and predicts test images; the counts reach the audit log.
+fn serve_step(
+    workdir: &Path,
+    ks: &KeyStore,
+    broker: &LocalBroker,
+    weights: &Path,
+    receipt: &Path,
+    data: &Path,
+    eval: &blindfold_zone::eval::Evaluation,
+) -> Result<Served, Failure> {
+    use std::sync::Arc;
+    const API_KEY: &str = "demo-api-key";
+    const N: usize = 100;
+    let sha256 = |b: &[u8]| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b));
+    eprintln!("   owner: seal the opened model as a raw file and register it to be served ([serve]: one API key, a budget)");
+    let sealed = workdir.join("sealed-model");
+    let sealed_s = utf8(&sealed)?;
+    let imp = import(weights, Format::Raw, &ImportOptions::default())?;
+    blindfold_owner::seal(
+        ks,
+        imp,
+        &Store::open(sealed_s, true)?,
+        &SealOptions::default(),
+        &NoProgress,
+    )?;
+    let mds = blindfold_owner::open(ks, Store::open(sealed_s, false)?)?;
+    let receipt_sha256 = sha256(&io(receipt, fs::read(receipt))?);
+    let policy = format!(
+        "tee = [\"sample\"]\njobs = [\"serve\"]\n[serve]\nreceipt_sha256 = \"{receipt_sha256}\"\nglobal_budget = 1000\n[[serve.clients]]\nname = \"demo\"\nkey_sha256 = \"{}\"\nbudget = {N}\n",
+        sha256(API_KEY.as_bytes())
+    );
+    let model_id = broker.register(&mds, &policy)?;
+
+    eprintln!("   serving job (trusted zone): attest, receive the model's key and rules, serve HTTPS with a TLS key bound into its evidence");
+    let evidence = blindfold_attest::EvidenceSource::InsecureSample { measurement: None };
+    let rel = blindfold_serve::release_model(sealed_s, &broker.fetch_options("serve"), &evidence)?;
+    let reporter = rel
+        .reporter
+        .ok_or_else(|| Error::Bug("the local broker certified no key".into()))?;
+    let tls = blindfold_serve::Tls::generate()?;
+    let svc = Arc::new(blindfold_serve::Service::new(
+        rel.predictor,
+        rel.info,
+        rel.rules,
+        Some(evidence),
+        tls.spki_sha256,
+    )?);
+    let listener = io(
+        Path::new("127.0.0.1:0"),
+        std::net::TcpListener::bind("127.0.0.1:0"),
+    )?;
+    let url = format!(
+        "https://{}",
+        io(Path::new("listener"), listener.local_addr())?
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Bug(e.to_string()))?;
+    let broker_client = blindfold_attest::client(&broker.fetch_options("serve"))?;
+    rt.spawn(blindfold_serve::report_usage(
+        svc.clone(),
+        reporter,
+        broker_client,
+        broker.url.clone(),
+        std::time::Duration::from_millis(200),
+    ));
+    rt.spawn(async move { blindfold_serve::run(listener, &tls, svc).await });
+
+    eprintln!("   caller: check the evidence (TEE, model id, receipt digest), then predict {N} test images over the attested key only");
+    let expect = blindfold_verify::expect::Expectation::parse(&format!(
+        "model = \"{model_id}\"\ntee = [\"sample\"]\nreceipt_sha256 = \"{receipt_sha256}\"\n"
+    ))
+    .map_err(|e| Error::Bug(e.to_string()))?;
+    let test = blindfold_zone::data::Dataset::from_import(
+        import(data, Format::Idx, &ImportOptions::default())?,
+        &Splits {
+            train: "test".into(),
+            test: String::new(),
+        },
+        &NoProgress,
+    )?;
+    let width = test.schema.elements() as usize;
+    let x = test.train.features(&test.schema, 0, N);
+    let rows: Vec<&[f32]> = x.chunks(width).collect();
+    let answer = rt.block_on(async {
+        let svc = crate::predict::attest(&url, &expect).await?;
+        let key = API_KEY;
+        svc.predict(key, &rows).await
+    })?;
+    let labels: Vec<u64> = answer["predictions"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["label"].as_u64()).collect())
+        .unwrap_or_default();
+    let owner: Vec<u64> = eval
+        .predictions
+        .as_ref()
+        .map(|p| {
+            p.iter()
+                .take(N)
+                .map(|(_, l)| {
+                    l.iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                        )
+                        .0 as u64
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if labels.len() != N || labels != owner {
+        return Err(Error::Bug(format!(
+            "the service's labels differ from the owner's evaluation: {labels:?} vs {owner:?}"
+        ))
+        .into());
+    }
+    eprintln!("   {N} labels, identical to the owner's evaluation of the same weights");
+    // The service's counts reach the broker's audit log within a report period.
+    let db = broker.dir.join("broker.db");
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let usage = loop {
+        let c = rusqlite::Connection::open(&db).map_err(|e| Error::Bug(e.to_string()))?;
+        let last = blindfold_broker::audit::entries(&c)
+            .map_err(|e| Error::Bug(e.to_string()))?
+            .into_iter()
+            .rfind(|e| e.event == "usage");
+        match last {
+            Some(e) if e.usage.as_ref().is_some_and(|u| u.total == N as u64) => break e,
+            _ if Instant::now() > deadline => {
+                return Err(Error::Bug("no usage report reached the audit log".into()).into())
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    eprintln!(
+        "   the broker's audit log: entry {} records {} answered records (counts only)",
+        usage.seq, N
+    );
+    drop(rt);
+    Ok(Served {
+        model_id,
+        url,
+        predicted: N,
+        usage_seq: usage.seq,
+        usage_total: N as u64,
+    })
 }
 
 fn copy_dir(from: &Path, to: &Path) -> Result<(), Error> {

@@ -172,8 +172,10 @@ expect.toml:
     /// that accepts the sample TEE (and says so), trains a model as a job in the trusted
     /// zone would (key by attestation, records decrypted in memory, model sealed to the
     /// owner), runs the same training on the plaintext files, opens and evaluates the
-    /// model as the owner, shows a tampered shard refused, and prints a table: accuracy,
-    /// time sealed vs plaintext, and where every artifact is.
+    /// model as the owner, serves it from a sealed copy (attested, TLS key bound into the
+    /// evidence) to a client that checks the evidence before it predicts, shows a
+    /// tampered shard refused, and prints a table: accuracy, time sealed vs plaintext,
+    /// and where every artifact is.
     Demo(DemoArgs),
 }
 

@@ -237,6 +237,10 @@ fn demo_on_fashion_mnist() {
     assert!(out.contains("70000 (train 60000, test 10000)"), "{out}");
     assert!(out.contains("one flipped byte refused"), "{out}");
     assert!(
+        out.contains("100 test images predicted through the attested TLS key, labels identical to the owner's evaluation"),
+        "{out}"
+    );
+    assert!(
         out.contains("same weights          yes, bit-identical"),
         "{out}"
     );
