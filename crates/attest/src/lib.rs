@@ -129,6 +129,7 @@ impl ReceiptKey {
     pub fn sign_usage(
         &self,
         report: &blindfold_protocol::serve::UsageReport,
+        cert: &Certificate,
     ) -> Result<blindfold_protocol::serve::SignedUsage, Error> {
         use blindfold_protocol::receipt::pae;
         use blindfold_protocol::serve::{SignedUsage, USAGE_PAYLOAD_TYPE};
@@ -142,6 +143,7 @@ impl ReceiptKey {
         Ok(SignedUsage {
             payload: STANDARD.encode(&payload),
             sig: STANDARD.encode(sig.as_ref()),
+            certificate: cert.jws.clone(),
         })
     }
 

@@ -134,7 +134,9 @@ fn open(path: &Path) -> Result<Connection, DbError> {
             manifest_sha256 TEXT NOT NULL, version INTEGER NOT NULL, policy TEXT NOT NULL,
             releases INTEGER NOT NULL DEFAULT 0, revoked INTEGER NOT NULL DEFAULT 0);
          CREATE TABLE IF NOT EXISTS audit(
-            seq INTEGER PRIMARY KEY, entry TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);",
+            seq INTEGER PRIMARY KEY, entry TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);
+         CREATE TABLE IF NOT EXISTS usage_last(
+            release_seq INTEGER PRIMARY KEY, report INTEGER NOT NULL);",
     )?;
     Ok(c)
 }
@@ -428,18 +430,25 @@ fn apply(
                     Some(u) => (u.release_seq, u.report),
                     None => return Err(DbError("a usage entry without usage".into())),
                 };
-                let last: Option<i64> = sp.query_row(
-                    "SELECT MAX(json_extract(entry, '$.usage.report')) FROM audit
-                     WHERE json_extract(entry, '$.event') = 'usage'
-                       AND json_extract(entry, '$.usage.release_seq') = ?1",
-                    [release as i64],
-                    |r| r.get(0),
-                )?;
+                // The last report recorded per release, kept beside the chain (which
+                // holds every report) so that a check costs one lookup, not a scan.
+                let last: Option<i64> = sp
+                    .query_row(
+                        "SELECT report FROM usage_last WHERE release_seq = ?1",
+                        [release as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
                 let last = last.unwrap_or(0) as u64;
                 if report <= last {
                     return Ok(Err(last));
                 }
                 audit::append(sp, key, head, entry)?;
+                sp.execute(
+                    "INSERT INTO usage_last(release_seq, report) VALUES (?1, ?2)
+                     ON CONFLICT(release_seq) DO UPDATE SET report = excluded.report",
+                    params![release as i64, report as i64],
+                )?;
                 Ok(Ok(head.seq))
             });
             reply_after_commit(reply, res)

@@ -231,31 +231,60 @@ async fn body_bytes(body: Body) -> std::result::Result<axum::body::Bytes, Respon
 }
 
 /// A serving job's query counts (docs/broker-protocol.md §6.1): accepted only when
-/// signed by the receipt key certified in the release it names, for that model, and
-/// numbered after the last report recorded for that release.
+/// signed by the receipt key that this broker's release certificate (sent with the
+/// report) names, for that model and that release, and numbered after the last report
+/// recorded for that release.
 async fn usage(State(st): State<Arc<AppState>>, body: Body) -> Response {
     use blindfold_protocol::serve::{SignedUsage, UsageReport, USAGE_PAYLOAD_TYPE};
     let body = match body_bytes(body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let bad = |why: String| fail(ErrorCode::MalformedRequest, why);
-    let signed: SignedUsage = match serde_json::from_slice(&body) {
-        Ok(s) => s,
-        Err(e) => return bad(format!("a usage report is {{payload, sig}}: {e}")),
+    // Every failure before the signatures check out gets the same answer: an
+    // unauthenticated caller learns nothing about which releases exist.
+    let refuse = || {
+        fail(
+            ErrorCode::Unauthorized,
+            "not a usage report signed by a key this broker certified for a release of this model",
+        )
+    };
+    let Ok(signed) = serde_json::from_slice::<SignedUsage>(&body) else {
+        return refuse();
     };
     let (Ok(payload), Ok(sig)) = (
         STANDARD.decode(&signed.payload),
         STANDARD.decode(&signed.sig),
     ) else {
-        return bad("payload and sig must be base64".into());
+        return refuse();
     };
-    let report: UsageReport = match serde_json::from_slice(&payload) {
-        Ok(r) => r,
-        Err(e) => return bad(format!("usage report: {e}")),
+    let Ok(claims) = blindfold_protocol::receipt::verify_certificate(
+        &signed.certificate,
+        st.token_key.verifying_key(),
+    ) else {
+        return refuse();
     };
+    let Ok(report) = serde_json::from_slice::<UsageReport>(&payload) else {
+        return refuse();
+    };
+    let Ok(key) = hex::decode(&claims.receipt_key) else {
+        return refuse();
+    };
+    let signed_ok = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        &key,
+    )
+    .verify(
+        &blindfold_protocol::receipt::pae(USAGE_PAYLOAD_TYPE, &payload),
+        &sig,
+    )
+    .is_ok();
+    if !signed_ok || claims.audit_seq != report.release_seq || claims.dataset_id != report.model_id
+    {
+        return refuse();
+    }
+    // Signed by the certified key of that release: from here on, answers may say why.
     if let Err(e) = report.check() {
-        return bad(format!("usage report: {e}"));
+        return fail(ErrorCode::MalformedRequest, format!("usage report: {e}"));
     }
     let db = st.db.clone();
     let seq = report.release_seq;
@@ -264,42 +293,14 @@ async fn usage(State(st): State<Arc<AppState>>, body: Body) -> Response {
         Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
     };
-    // The release must be a granted one of this model, to a job that had its key
-    // certified; the report must carry that key's signature.
     let Some(release) = release.filter(|e| {
         e.event == "release"
             && e.outcome == "granted"
             && e.dataset.as_deref() == Some(report.model_id.as_str())
+            && e.receipt_key.as_deref() == Some(claims.receipt_key.as_str())
     }) else {
-        return fail(
-            ErrorCode::NotFound,
-            "no granted release of this model at that audit sequence number",
-        );
+        return internal("a certified release is not in the audit log as certified");
     };
-    let Some(key) = release
-        .receipt_key
-        .as_deref()
-        .and_then(|k| hex::decode(k).ok())
-    else {
-        return fail(
-            ErrorCode::Unauthorized,
-            "that release certified no key: it cannot report usage",
-        );
-    };
-    let verified = aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
-        &key,
-    )
-    .verify(
-        &blindfold_protocol::receipt::pae(USAGE_PAYLOAD_TYPE, &payload),
-        &sig,
-    );
-    if verified.is_err() {
-        return fail(
-            ErrorCode::Unauthorized,
-            "the signature does not verify with the key certified in that release",
-        );
-    }
     let mut entry = Entry::new("usage");
     entry.dataset = Some(report.model_id.clone());
     entry.job = release.job.clone();

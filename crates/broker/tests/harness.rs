@@ -822,7 +822,8 @@ fn usage_reports_need_the_certified_key_and_come_in_order() {
         ..FetchOptions::default()
     };
     let r = fetch_key(&opts, &id(2), &sample(Some(MEAS))).unwrap();
-    let seq = r.certificate.unwrap().claims.audit_seq;
+    let cert = r.certificate.unwrap();
+    let seq = cert.claims.audit_seq;
     let report = |n: u64, alice: u64| UsageReport {
         model_id: id(2),
         release_seq: seq,
@@ -839,35 +840,40 @@ fn usage_reports_need_the_certified_key_and_come_in_order() {
             serde_json::to_vec(signed).unwrap(),
         )
     };
-    let first = key.sign_usage(&report(1, 5)).unwrap();
+    let first = key.sign_usage(&report(1, 5), &cert).unwrap();
     let (s, v) = post(&first);
     assert_eq!(s, 200, "{v}");
     // The same report again, or an older one after a newer: refused, not recorded.
     assert_eq!(code(&post(&first).1), "Conflict");
-    assert_eq!(post(&key.sign_usage(&report(3, 9)).unwrap()).0, 200);
+    assert_eq!(post(&key.sign_usage(&report(3, 9), &cert).unwrap()).0, 200);
     assert_eq!(
-        code(&post(&key.sign_usage(&report(2, 7)).unwrap()).1),
+        code(&post(&key.sign_usage(&report(2, 7), &cert).unwrap()).1),
         "Conflict"
     );
-    // Another key (not certified in that release): refused.
+    // Another key with that certificate: refused, as every unauthenticated report is,
+    // with one answer that says nothing of which releases exist.
     let other = blindfold_attest::ReceiptKey::generate().unwrap();
-    let (s, v) = post(&other.sign_usage(&report(4, 10)).unwrap());
+    let (s, v) = post(&other.sign_usage(&report(4, 10), &cert).unwrap());
     assert_eq!((s, code(&v).as_str()), (401, "Unauthorized"), "{v}");
-    // A report for another model, or naming a release that is not one: not found.
+    // A report for another model, or another release, than the certificate names.
     let mut wrong = report(4, 10);
     wrong.model_id = id(3);
-    assert_eq!(post(&key.sign_usage(&wrong).unwrap()).0, 404);
+    assert_eq!(post(&key.sign_usage(&wrong, &cert).unwrap()).0, 401);
     let mut wrong = report(4, 10);
     wrong.release_seq = 1;
-    assert_eq!(post(&key.sign_usage(&wrong).unwrap()).0, 404);
-    // A total that is not the sum of the counts, or an edited payload: malformed or
-    // unsigned.
-    let mut wrong = report(4, 10);
-    wrong.total = 11;
-    assert_eq!(post(&key.sign_usage(&wrong).unwrap()).0, 400);
-    let mut edited = key.sign_usage(&report(4, 10)).unwrap();
+    assert_eq!(post(&key.sign_usage(&wrong, &cert).unwrap()).0, 401);
+    // A certificate edited or not this broker's: refused.
+    let mut forged = key.sign_usage(&report(4, 10), &cert).unwrap();
+    forged.certificate.push('A');
+    assert_eq!(post(&forged).0, 401);
+    // An edited payload: unsigned.
+    let mut edited = key.sign_usage(&report(4, 10), &cert).unwrap();
     edited.payload = STANDARD.encode(serde_json::to_vec(&report(4, 1)).unwrap());
     assert_eq!(post(&edited).0, 401);
+    // Signed, but a total that is not the sum of the counts: malformed.
+    let mut wrong = report(4, 10);
+    wrong.total = 11;
+    assert_eq!(post(&key.sign_usage(&wrong, &cert).unwrap()).0, 400);
     // Two reports recorded, in the chain, counts only.
     let usage: Vec<_> = b
         .audit()
@@ -878,17 +884,22 @@ fn usage_reports_need_the_certified_key_and_come_in_order() {
     assert_eq!(usage[1].usage.as_ref().unwrap().total, 9);
     assert_eq!(usage[1].measurement.as_deref(), Some(MEAS));
     assert!(b.verify_audit().is_ok());
-    // A release to a job that sent no key cannot report at all.
-    let plain = b.fetch(&id(2), Some("serve"), &sample(None)).unwrap();
-    assert!(plain.certificate.is_none());
-    let plain_seq = b
-        .audit()
-        .into_iter()
-        .rfind(|e| e.event == "release")
-        .unwrap()
-        .seq;
+    // A host that put its own key into a job's request gets a release entry naming it,
+    // but not the certificate (encrypted to the attested job): its reports are refused.
+    let host_key = blindfold_attest::ReceiptKey::generate().unwrap();
+    let host_release = fetch_key(
+        &FetchOptions {
+            receipt_key: Some(host_key.public_hex()),
+            ..opts.clone()
+        },
+        &id(2),
+        &sample(Some(MEAS)),
+    )
+    .unwrap();
+    let host_seq = host_release.certificate.as_ref().unwrap().claims.audit_seq;
     let mut r = report(1, 1);
-    r.release_seq = plain_seq;
-    let (s, v) = post(&key.sign_usage(&r).unwrap());
+    r.release_seq = host_seq;
+    // With the certificate of another release (the only one it could have seen).
+    let (s, v) = post(&host_key.sign_usage(&r, &cert).unwrap());
     assert_eq!((s, code(&v).as_str()), (401, "Unauthorized"), "{v}");
 }

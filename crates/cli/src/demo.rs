@@ -474,7 +474,7 @@ fn serve_step(
         reporter,
         broker_client,
         broker.url.clone(),
-        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(1),
     ));
     rt.spawn(async move { blindfold_serve::run(listener, &tls, svc).await });
 

@@ -186,7 +186,7 @@ pub async fn attest(base: &str, expect: &Expectation) -> Result<Attested, Failur
         .await
         .map_err(|e| io(&base, error_chain(&e)))?;
     let status = r.status();
-    let body: Value = r.json().await.map_err(|e| io(&base, e))?;
+    let body: Value = read_json(r).await.map_err(|e| io(&base, e))?;
     if !status.is_success() {
         return Err(Failure::new(
             Fault::Denied,

@@ -1364,7 +1364,7 @@ fn serve_and_predict() {
         "--listen",
         "127.0.0.1:0",
         "--report-every",
-        "0.5",
+        "1",
     ];
     let out = e.run(&[&["serve"][..], &serve_args[..]].concat(), 7);
     assert!(out.contains("no [serve] table"), "{out}");

@@ -181,6 +181,10 @@ pub struct SignedUsage {
     pub payload: String,
     /// The signature, base64.
     pub sig: String,
+    /// The release certificate that certifies the signing key (a compact JWS by the
+    /// broker). It travelled only inside the release encrypted to the attested job, so
+    /// a host that put its own key into the job's request has none for that key.
+    pub certificate: String,
 }
 
 impl UsageReport {
@@ -196,6 +200,15 @@ impl UsageReport {
         }
         if self.release_seq == 0 || self.report == 0 {
             return Err("release_seq and report count from 1".into());
+        }
+        // Integers a JSON reader (SQLite's included) keeps exact.
+        const MAX_EXACT: u64 = 1 << 53;
+        if self.release_seq > MAX_EXACT
+            || self.report > MAX_EXACT
+            || self.total > MAX_EXACT
+            || self.clients.values().any(|&n| n > MAX_EXACT)
+        {
+            return Err(format!("numbers above {MAX_EXACT}"));
         }
         if self.clients.len() > MAX_CLIENTS {
             return Err(format!("clients: at most {MAX_CLIENTS}"));

@@ -75,16 +75,16 @@ pub struct ServeArgs {
     #[command(flatten)]
     evidence: EvidenceArgs,
     /// Seconds between reports of the query counts (per client, never contents) to the
-    /// broker's audit log; counts since the last report are lost if the process is
-    /// killed.
+    /// broker's audit log, sent when they changed; counts since the last report are lost
+    /// if the process is killed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0, value_parser = parse_interval)]
     pub report_every: f64,
 }
 
 fn parse_interval(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.1..=86400.0).contains(&v) => Ok(v),
-        _ => Err("a number of seconds from 0.1 to 86400".into()),
+        Ok(v) if v.is_finite() && (1.0..=86400.0).contains(&v) => Ok(v),
+        _ => Err("a number of seconds from 1 to 86400".into()),
     }
 }
 
@@ -104,6 +104,7 @@ pub struct Released {
 /// Signs and numbers usage reports for one release.
 pub struct Reporter {
     key: blindfold_attest::ReceiptKey,
+    cert: blindfold_attest::Certificate,
     release_seq: u64,
     model_id: String,
     next: u64,
@@ -117,14 +118,14 @@ impl Reporter {
         total: u64,
     ) -> Result<blindfold_protocol::serve::SignedUsage, blindfold_attest::Error> {
         self.next += 1;
-        self.key
-            .sign_usage(&blindfold_protocol::serve::UsageReport {
-                model_id: self.model_id.clone(),
-                release_seq: self.release_seq,
-                report: self.next,
-                total,
-                clients: clients.into_iter().collect(),
-            })
+        let report = blindfold_protocol::serve::UsageReport {
+            model_id: self.model_id.clone(),
+            release_seq: self.release_seq,
+            report: self.next,
+            total,
+            clients: clients.into_iter().collect(),
+        };
+        self.key.sign_usage(&report, &self.cert)
     }
 }
 
@@ -196,9 +197,10 @@ pub fn release_model(
         &hex::encode(released.manifest_sha256),
         &rules,
     );
-    let reporter = released.certificate.as_ref().map(|c| Reporter {
+    let reporter = released.certificate.clone().map(|cert| Reporter {
         key,
-        release_seq: c.claims.audit_seq,
+        release_seq: cert.claims.audit_seq,
+        cert,
         model_id: id.clone(),
         next: 0,
     });
@@ -407,9 +409,9 @@ async fn attestation(
             "another client's evidence is being made: try again",
         );
     }
-    let s = svc.clone();
+    let busy = Busy(svc.clone());
     let made = tokio::task::spawn_blocking(move || {
-        let _busy = Busy(&s.evidence_busy);
+        let s = &busy.0;
         let src = s
             .evidence
             .as_ref()
@@ -445,12 +447,13 @@ async fn attestation(
     }
 }
 
-/// Clears the evidence flag when a report is done, even by a panic.
-struct Busy<'a>(&'a AtomicBool);
+/// Clears the evidence flag when a report is done, even by a panic, or when the task
+/// never ran.
+struct Busy(Arc<Service>);
 
-impl Drop for Busy<'_> {
+impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.evidence_busy.store(false, Ordering::Release);
     }
 }
 

@@ -18,8 +18,9 @@
 //!
 //! Every check fails closed, and a failure names the field that failed. An expectation
 //! that accepts a hardware TEE must pin the code: `measurements` (SNP: the launch
-//! measurement; TDX: MRTD) and, for TDX, at least one RTMR (MRTD measures only the
-//! firmware). Otherwise any code the host launches in such a VM passes, and says what it
+//! measurement; TDX: MRTD) and, for TDX, RTMR1 and RTMR2 (MRTD measures only the
+//! firmware), and must not accept `sample` beside it (self-declared evidence can claim
+//! any measurement). Otherwise any code the host launches in such a VM passes, and says what it
 //! likes about its model; `allow_unpinned = true` accepts that knowingly.
 
 use blindfold_protocol::serve::{ServiceInfo, SERVE_PROTOCOL};
@@ -68,19 +69,24 @@ fn unpinned(p: &Policy) -> Option<String> {
         .map(String::as_str)
         .filter(|t| *t != "sample")
         .collect();
+    if !hw.is_empty() && p.allows_sample() {
+        return Some(format!(
+            "`tee` names sample beside {}: sample evidence is self-declared and can claim any measurement, so the list accepts anything (name sample alone, for tests)",
+            hw.join(" and ")
+        ));
+    }
     if !hw.is_empty() && p.measurements.is_empty() {
         return Some(format!(
             "`measurements` is empty: any code in a {} VM would pass (list the serving image's measurement)",
             hw.join(" or ")
         ));
     }
-    let tdx_rtmrs = p.tdx.as_ref().is_some_and(|t| {
-        [&t.rtmr0, &t.rtmr1, &t.rtmr2, &t.rtmr3]
-            .iter()
-            .any(|l| !l.is_empty())
-    });
-    if hw.contains(&"tdx") && !tdx_rtmrs {
-        return Some("[tdx] pins no RTMR: MRTD measures only the firmware, so any OS and service it boots would pass (pin rtmr1 and rtmr2)".into());
+    let tdx_pinned = p
+        .tdx
+        .as_ref()
+        .is_some_and(|t| !t.rtmr1.is_empty() && !t.rtmr2.is_empty());
+    if hw.contains(&"tdx") && !tdx_pinned {
+        return Some("[tdx] must pin rtmr1 (kernel) and rtmr2 (command line, initrd): MRTD measures only the firmware, so any OS and service it boots would pass".into());
     }
     None
 }
@@ -311,11 +317,21 @@ mod tests {
             "model = \"{M}\"\ntee = [\"tdx\"]\nmeasurements = [\"{m}\"]"
         ))
         .unwrap_err();
-        assert!(tdx.0.contains("pins no RTMR"), "{tdx}");
-        Expectation::parse(&format!(
+        assert!(tdx.0.contains("must pin rtmr1"), "{tdx}");
+        let rtmr1_only = Expectation::parse(&format!(
             "model = \"{M}\"\ntee = [\"tdx\"]\nmeasurements = [\"{m}\"]\n[tdx]\nrtmr1 = [\"{m}\"]"
         ))
+        .unwrap_err();
+        assert!(rtmr1_only.0.contains("must pin rtmr1"), "{rtmr1_only}");
+        Expectation::parse(&format!(
+            "model = \"{M}\"\ntee = [\"tdx\"]\nmeasurements = [\"{m}\"]\n[tdx]\nrtmr1 = [\"{m}\"]\nrtmr2 = [\"{m}\"]"
+        ))
         .unwrap();
+        let mixed = Expectation::parse(&format!(
+            "model = \"{M}\"\ntee = [\"snp\", \"sample\"]\nmeasurements = [\"{m}\"]\n{snp}"
+        ))
+        .unwrap_err();
+        assert!(mixed.0.contains("sample beside snp"), "{mixed}");
         Expectation::parse(&format!(
             "model = \"{M}\"\ntee = [\"snp\"]\nallow_unpinned = true\n{snp}"
         ))
