@@ -16,10 +16,9 @@ use std::sync::{Arc, Mutex};
 use blindfold_attest::{EvidenceSource, FetchOptions};
 use blindfold_dataset::import::{import, Format, ImportOptions};
 use blindfold_dataset::{
-    check_output_location, write_job_outputs, Expected, JobOutputs, NoProgress, OutputSealer,
-    SealedDataset,
+    check_output_location, write_job_outputs, JobOutputs, NoProgress, OutputSealer, SealedDataset,
 };
-use blindfold_format::{DatasetKey, Schema};
+use blindfold_format::Schema;
 use blindfold_store::Store;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -496,13 +495,11 @@ fn attest(
         // The manifest must be the one the owner registered: an older one is a
         // rollback, another one of the same version a fork.
         let certificate = released.certificate.take();
-        let ds = SealedDataset::open_with_key(
+        let ds = SealedDataset::open_registered(
             store,
-            DatasetKey::from_bytes(**released.key),
-            Some(Expected {
-                version: released.version,
-                manifest_sha256: released.manifest_sha256,
-            }),
+            &released.key,
+            released.version,
+            released.manifest_sha256,
         )?;
         Ok((ds, certificate))
     })?;

@@ -131,6 +131,25 @@ pub fn claimed_manifest(store: &Store) -> Result<Manifest> {
 }
 
 impl SealedDataset {
+    /// Opens the dataset at `store` with a key the broker released, at the version and
+    /// manifest digest the owner registered with it: an older manifest is a rollback,
+    /// another one of the same version a fork, a newer one unregistered.
+    pub fn open_registered(
+        store: Store,
+        key: &[u8; 32],
+        version: u64,
+        manifest_sha256: [u8; 32],
+    ) -> Result<Self> {
+        Self::open_with_key(
+            store,
+            DatasetKey::from_bytes(*key),
+            Some(Expected {
+                version,
+                manifest_sha256,
+            }),
+        )
+    }
+
     /// Opens the dataset at `store` with `key`. With `expected`, the manifest must be
     /// exactly that version and digest: an older one is a rollback, another one of the
     /// same version a fork, a newer one unregistered.

@@ -31,8 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use blindfold_attest::{EvidenceSource, FetchOptions};
-use blindfold_dataset::{Expected, SealedDataset};
-use blindfold_format::{DatasetKey, Schema};
+use blindfold_dataset::SealedDataset;
+use blindfold_format::Schema;
 use blindfold_job::{EvidenceArgs, Failure, Fault};
 use blindfold_protocol::serve::{
     service_binding, spki_sha256, ServeRules, ServiceInfo, MAX_BATCH, MAX_REQUEST, SERVE_PROTOCOL,
@@ -167,13 +167,11 @@ pub fn release_model(
     rules
         .check()
         .map_err(|e| Failure::new(Fault::Integrity, format!("the broker's serving rules: {e}")))?;
-    let ds = SealedDataset::open_with_key(
+    let ds = SealedDataset::open_registered(
         store,
-        DatasetKey::from_bytes(**released.key),
-        Some(Expected {
-            version: released.version,
-            manifest_sha256: released.manifest_sha256,
-        }),
+        &released.key,
+        released.version,
+        released.manifest_sha256,
     )?;
     let records = ds
         .manifest()

@@ -9,10 +9,9 @@ use std::time::Instant;
 use blindfold_attest::{EvidenceSource, FetchOptions};
 use blindfold_dataset::import::Import;
 use blindfold_dataset::{
-    check_output_location, write_job_outputs, Expected, JobOutputs, OutputSealer, Progress,
-    SealedDataset,
+    check_output_location, write_job_outputs, JobOutputs, OutputSealer, Progress, SealedDataset,
 };
-use blindfold_format::{DatasetKey, OutputHeader};
+use blindfold_format::OutputHeader;
 use blindfold_store::Store;
 use serde::Serialize;
 use serde_json::json;
@@ -226,13 +225,11 @@ pub fn run(
             let t = Instant::now();
             // The manifest must be the one the owner registered: an older one is a
             // rollback, another one of the same version a fork.
-            let ds = SealedDataset::open_with_key(
+            let ds = SealedDataset::open_registered(
                 store,
-                DatasetKey::from_bytes(**released.key),
-                Some(Expected {
-                    version: released.version,
-                    manifest_sha256: released.manifest_sha256,
-                }),
+                &released.key,
+                released.version,
+                released.manifest_sha256,
             )?;
             let facts = json!({
                 "dataset_id": ds.manifest().dataset_id.to_hex(),
