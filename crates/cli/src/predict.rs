@@ -172,30 +172,38 @@ pub async fn attest(base: &str, expect: &Expectation) -> Result<Attested, Failur
             "--service {base}: an https:// URL (the evidence binds the service's TLS key)"
         )));
     }
-    let pin = Arc::new(Mutex::new(Pin::default()));
-    let client = client_with(pin.clone())?;
-    let nonce: [u8; 32] = {
-        let mut n = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut n).map_err(|_| Failure::bug("no randomness"))?;
-        n
+    // A service makes one report at a time and answers `503 busy` to the others: try
+    // again a few times, each time on a new client (one connection before the check).
+    let mut attempt = 0u32;
+    let (client, pin, nonce, body) = loop {
+        let pin = Arc::new(Mutex::new(Pin::default()));
+        let client = client_with(pin.clone())?;
+        let mut nonce = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| Failure::bug("no randomness"))?;
+        let url = format!("{base}/v1/attestation?nonce={}", hex::encode(nonce));
+        let r = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| io(&base, error_chain(&e)))?;
+        let status = r.status();
+        let body: Value = read_json(r).await.map_err(|e| io(&base, e))?;
+        if status.as_u16() == 503 && body["error"] == "busy" && attempt < 8 {
+            attempt += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(100 << attempt.min(5))).await;
+            continue;
+        }
+        if !status.is_success() {
+            return Err(Failure::new(
+                Fault::Denied,
+                format!(
+                    "{base}: the service gave no evidence (HTTP {status}): {}",
+                    body["detail"]
+                ),
+            ));
+        }
+        break (client, pin, nonce, body);
     };
-    let url = format!("{base}/v1/attestation?nonce={}", hex::encode(nonce));
-    let r = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| io(&base, error_chain(&e)))?;
-    let status = r.status();
-    let body: Value = read_json(r).await.map_err(|e| io(&base, e))?;
-    if !status.is_success() {
-        return Err(Failure::new(
-            Fault::Denied,
-            format!(
-                "{base}: the service gave no evidence (HTTP {status}): {}",
-                body["detail"]
-            ),
-        ));
-    }
     let seen = pin
         .lock()
         .expect("pin lock")
@@ -422,4 +430,60 @@ pub fn run(a: &PredictArgs) -> Result<(), Failure> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert() -> CertificateDer<'static> {
+        rcgen::generate_simple_self_signed(vec!["x".into()])
+            .unwrap()
+            .cert
+            .der()
+            .clone()
+    }
+
+    fn check(v: &PinningVerifier, c: &CertificateDer<'_>) -> bool {
+        v.verify_server_cert(
+            c,
+            &[],
+            &ServerName::try_from("x").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .is_ok()
+    }
+
+    fn verifier(pin: Pin) -> PinningVerifier {
+        PinningVerifier {
+            pin: Arc::new(Mutex::new(pin)),
+            algorithms: rustls::crypto::aws_lc_rs::default_provider()
+                .signature_verification_algorithms,
+        }
+    }
+
+    #[test]
+    fn one_connection_before_the_pin_and_only_the_pinned_key_after() {
+        let (a, b) = (cert(), cert());
+        let v = verifier(Pin::default());
+        assert!(check(&v, &a), "the first connection is the one checked");
+        assert!(
+            !check(&v, &a),
+            "no second connection before the evidence is checked"
+        );
+        assert!(!check(&v, &b));
+        assert_eq!(
+            v.pin.lock().unwrap().seen,
+            Some(spki_sha256(&a).unwrap()),
+            "the key seen is the first connection's"
+        );
+        let pinned = verifier(Pin {
+            seen: None,
+            pinned: Some(spki_sha256(&a).unwrap()),
+        });
+        assert!(check(&pinned, &a));
+        assert!(check(&pinned, &a), "the pinned key, on any connection");
+        assert!(!check(&pinned, &b), "any other key is refused");
+    }
 }

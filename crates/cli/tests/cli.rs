@@ -1218,6 +1218,65 @@ fn regression_on_a_csv() {
     assert!(out.contains("regression"), "{out}");
 }
 
+/// A TLS-terminating relay in front of `target`, with its own key: what a host could put
+/// between a client and the service. Returns its URL and how many predictions reached
+/// it.
+fn start_relay(
+    target: &str,
+) -> (
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::runtime::Runtime,
+) {
+    use axum::extract::Request;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let predictions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (target, seen) = (target.to_owned(), predictions.clone());
+    rt.spawn(async move {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let cfg = axum_server::tls_rustls::RustlsConfig::from_pem(
+            ck.cert.pem().into_bytes(),
+            ck.signing_key.serialize_pem().into_bytes(),
+        )
+        .await
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let app = axum::Router::new().fallback(move |req: Request| {
+            let (client, target, seen) = (client.clone(), target.clone(), seen.clone());
+            async move {
+                let path = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                if path.starts_with("/v1/predict") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                let r = client
+                    .request(req.method().clone(), format!("{target}{path}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap();
+                (axum::http::StatusCode::from_u16(status).unwrap(), body)
+            }
+        });
+        axum_server::from_tcp_rustls(listener, cfg)
+            .serve(app.into_make_service())
+            .await
+            .unwrap();
+    });
+    (url, predictions, rt)
+}
+
 /// Kills a child process when dropped (a failing test leaves no server behind).
 struct KillOnDrop(std::process::Child);
 
@@ -1493,6 +1552,38 @@ fn serve_and_predict() {
     assert_eq!(last["usage"]["clients"]["alice"], 5, "{last}");
     assert_eq!(last["usage"]["clients"]["bob"], 0, "{last}");
     assert_eq!(last["insecure_sample"], true, "{last}");
+
+    // A host that terminates TLS itself and relays to the real service: the evidence
+    // does not bind the relay's key, so the client sends nothing (exit 4).
+    let relay = start_relay(&svc_url);
+    let relayed = |code: i32| {
+        e.run(
+            &[
+                "predict",
+                "--service",
+                &relay.0,
+                "--expect",
+                "expect.toml",
+                "--api-key-file",
+                "bob.key",
+                "--labels",
+                "fm/t10k-labels-idx1-ubyte",
+                "fm/t10k-images-idx3-ubyte",
+            ],
+            code,
+        )
+    };
+    expect("");
+    let out = relayed(4);
+    assert!(
+        out.contains("report_data: the evidence does not bind"),
+        "{out}"
+    );
+    assert_eq!(
+        relay.1.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a prediction reached the relay"
+    );
 
     // Alice has 2 of her 7 queries left: 5 more are refused, with nothing answered.
     expect("");
