@@ -280,6 +280,13 @@ impl Db {
         audit::verify(&self.reader()?, &self.audit_key)
     }
 
+    /// The registered dataset or model `id`, if any.
+    pub fn dataset(&self, id: &str) -> Result<Option<DatasetRow>, DbError> {
+        let c = self.reader()?;
+        Ok(c.query_row(&format!("{SELECT} WHERE id = ?1"), [id], row)
+            .optional()?)
+    }
+
     /// Every registered dataset.
     pub fn datasets(&self) -> Result<Vec<DatasetRow>, DbError> {
         let c = self.reader()?;

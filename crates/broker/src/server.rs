@@ -287,12 +287,24 @@ async fn usage(State(st): State<Arc<AppState>>, body: Body) -> Response {
         return fail(ErrorCode::MalformedRequest, format!("usage report: {e}"));
     }
     let db = st.db.clone();
-    let seq = report.release_seq;
-    let release = match tokio::task::spawn_blocking(move || db.entry(seq)).await {
-        Ok(Ok(e)) => e,
+    let (seq, id) = (report.release_seq, report.model_id.clone());
+    let found = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::db::DbError>((db.entry(seq)?, db.dataset(&id)?))
+    })
+    .await;
+    let (release, row) = match found {
+        Ok(Ok(f)) => f,
         Ok(Err(e)) => return internal(e),
         Err(e) => return internal(e),
     };
+    // Only a model registered to be served reports usage (a training job never does).
+    let served = row.is_some_and(|r| Policy::parse(&r.policy).is_ok_and(|p| p.serve.is_some()));
+    if !served {
+        return fail(
+            ErrorCode::PolicyDenied,
+            "this object's policy has no [serve] table: it is not a model to serve",
+        );
+    }
     let Some(release) = release.filter(|e| {
         e.event == "release"
             && e.outcome == "granted"

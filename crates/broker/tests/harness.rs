@@ -812,7 +812,7 @@ fn auth_req(b: &Broker, body: Value) -> (u16, Value, Option<String>) {
 fn usage_reports_need_the_certified_key_and_come_in_order() {
     use blindfold_protocol::serve::{UsageReport, USAGE_PATH};
     let b = start(Settings::default());
-    assert_eq!(b.register(&id(2), "tee = [\"sample\"]\n").0, 200);
+    assert_eq!(b.register(&id(2), "tee = [\"sample\"]\n[serve]\n").0, 200);
     let key = blindfold_attest::ReceiptKey::generate().unwrap();
     let opts = FetchOptions {
         broker: b.url.clone(),
@@ -902,4 +902,18 @@ fn usage_reports_need_the_certified_key_and_come_in_order() {
     // With the certificate of another release (the only one it could have seen).
     let (s, v) = post(&host_key.sign_usage(&r, &cert).unwrap());
     assert_eq!((s, code(&v).as_str()), (401, "Unauthorized"), "{v}");
+    // A dataset (no [serve] table) does not take usage reports, even from a job with a
+    // certified key.
+    assert_eq!(b.register(&id(4), "tee = [\"sample\"]\n").0, 200);
+    let ds = fetch_key(&opts, &id(4), &sample(Some(MEAS))).unwrap();
+    let ds_cert = ds.certificate.unwrap();
+    let ds_report = UsageReport {
+        model_id: id(4),
+        release_seq: ds_cert.claims.audit_seq,
+        report: 1,
+        total: 0,
+        clients: Default::default(),
+    };
+    let (s, v) = post(&key.sign_usage(&ds_report, &ds_cert).unwrap());
+    assert_eq!((s, code(&v).as_str()), (401, "PolicyDenied"), "{v}");
 }

@@ -636,7 +636,11 @@ pub async fn run(
         .map_err(io)
 }
 
-/// Reports the service's query counts to the broker every `every`, when they changed.
+/// Periods without a change after which the counts are reported anyway.
+pub const HEARTBEAT: u32 = 10;
+
+/// Reports the service's query counts to the broker every `every` when they changed,
+/// and every [`HEARTBEAT`] periods when they did not.
 /// A report that fails is logged, and the next one carries the counts anyway (they are
 /// totals since the release).
 pub async fn report_usage(
@@ -652,12 +656,17 @@ pub async fn report_usage(
         blindfold_protocol::serve::USAGE_PATH
     );
     let mut reported = 0u64;
+    let mut quiet = 0u32;
     loop {
         tokio::time::sleep(every).await;
         let (clients, total) = svc.usage();
-        if total == reported {
+        // Unchanged counts are reported too, every HEARTBEAT periods, so that the log
+        // tells a quiet service from one whose reports are blocked.
+        quiet += 1;
+        if total == reported && quiet < HEARTBEAT {
             continue;
         }
+        quiet = 0;
         let signed = match reporter.sign(clients, total) {
             Ok(s) => s,
             Err(e) => {
