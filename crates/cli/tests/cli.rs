@@ -1642,6 +1642,50 @@ fn serve_and_predict() {
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["predictions"].as_array().unwrap().len(), 1);
     });
+
+    // The owner changes the rules (same version, a new policy): top-1 answers only and a
+    // service-wide budget of 3 records. The next release serves under them.
+    let rules = format!(
+        "tee = [\"sample\"]\n[serve]\ntop1_only = true\nglobal_budget = 3\n[[serve.clients]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n",
+        key_sha("bob-key-0123456789")
+    );
+    register("sealed-model", &rules);
+    let (svc2, url2) = start_service(&e, &serve_args);
+    let _svc2 = KillOnDrop(svc2);
+    let top1 = |limit: &str, code: i32| {
+        e.run(
+            &[
+                "predict",
+                "--service",
+                &url2,
+                "--expect",
+                "expect.toml",
+                "--api-key-file",
+                "bob.key",
+                "--labels",
+                "fm/t10k-labels-idx1-ubyte",
+                "fm/t10k-images-idx3-ubyte",
+                "--limit",
+                limit,
+                "--json",
+            ],
+            code,
+        )
+    };
+    let out = top1("3", 0);
+    let preds: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(preds.len(), 3, "{out}");
+    for p in &preds {
+        assert!(
+            p["label"].as_u64().is_some() && p.get("logits").is_none(),
+            "{out}"
+        );
+    }
+    let out = top1("1", 7);
+    assert!(out.contains("429") && out.contains("total budget"), "{out}");
 }
 
 #[test]
