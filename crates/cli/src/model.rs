@@ -324,17 +324,7 @@ fn write_predictions(path: &Path, p: &[(f32, Vec<f32>)], regression: bool) -> Re
             );
             continue;
         }
-        let predicted = out
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
-                if v > best.1 {
-                    (j, v)
-                } else {
-                    best
-                }
-            })
-            .0;
+        let predicted = blindfold_zone::infer::top1(out);
         let _ = write!(text, "{i},{label},{predicted}");
         for v in out {
             let _ = write!(text, ",{v:?}");

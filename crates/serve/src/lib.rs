@@ -577,14 +577,7 @@ async fn predict(State(svc): State<Arc<Service>>, headers: HeaderMap, body: Byte
             if svc.predictor.regression() {
                 json!({"value": o[0]})
             } else {
-                let label = o
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                    )
-                    .0;
+                let label = blindfold_zone::infer::top1(o);
                 if svc.rules.top1_only {
                     json!({"label": label})
                 } else {

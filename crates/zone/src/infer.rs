@@ -8,6 +8,22 @@ use crate::error::{Error, Result};
 use crate::model::{self, Cpu, ModelSpec, Net};
 use crate::spec::Head;
 
+/// The index of the largest logit (the first of equal ones; NaN never wins): a
+/// classifier's predicted label.
+pub fn top1(logits: &[f32]) -> usize {
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
+}
+
 /// A trained network, ready to answer.
 pub struct Predictor {
     net: Net<Cpu>,
@@ -60,5 +76,15 @@ impl Predictor {
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| Error::Bug(format!("outputs: {e:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn top1_takes_the_first_largest_and_skips_nan() {
+        assert_eq!(super::top1(&[0.1, 0.7, 0.7, -1.0]), 1);
+        assert_eq!(super::top1(&[f32::NAN, -3.0, -2.0]), 2);
+        assert_eq!(super::top1(&[]), 0);
     }
 }
