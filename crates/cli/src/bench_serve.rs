@@ -43,6 +43,7 @@ pub struct BenchServeArgs {
 const KEY: &str = "bench-client-key";
 
 /// One load run's figures.
+#[derive(Default)]
 struct Load {
     latencies_ms: Vec<f64>,
     errors: u64,
@@ -106,11 +107,7 @@ async fn load(
             (lat, errors)
         }));
     }
-    let mut out = Load {
-        latencies_ms: vec![],
-        errors: 0,
-        seconds: 0.0,
-    };
+    let mut out = Load::default();
     for t in tasks {
         if let Ok((l, e)) = t.await {
             out.latencies_ms.extend(l);
@@ -255,16 +252,8 @@ pub fn run(a: &BenchServeArgs) -> Result<(), Failure> {
             0.5,
         )
         .await;
-        let mut s = Load {
-            latencies_ms: vec![],
-            errors: 0,
-            seconds: 0.0,
-        };
-        let mut p = Load {
-            latencies_ms: vec![],
-            errors: 0,
-            seconds: 0.0,
-        };
+        let mut s = Load::default();
+        let mut p = Load::default();
         // Two alternating halves each, so that drift of a noisy machine hits both.
         for round in 0..2 {
             let half = a.seconds / 2.0;
