@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::data::{Dataset, Splits};
-use crate::device::{self, DeviceKind, DeviceSource};
+use crate::device::{self, DeviceSource};
 use crate::error::{Error, Result};
 use crate::train::{self, TrainConfig, TrainProgress, Trained};
 
@@ -236,7 +236,7 @@ pub fn run(
                 "version": ds.manifest().version,
                 "manifest_sha256": hex::encode(ds.manifest_sha256()),
             });
-            if cfg.device == DeviceKind::Cpu {
+            if cfg.device.host_memory() {
                 let data = hold_out(Dataset::from_sealed(&ds, splits, load_progress)?, cfg)?;
                 let load_s = t.elapsed().as_secs_f64();
                 let digest = hex::encode(data.digest());
@@ -276,7 +276,7 @@ pub fn run(
             let data = hold_out(Dataset::from_import(import, splits, load_progress)?, cfg)?;
             let facts = json!({ "plaintext_input": input });
             let digest = hex::encode(data.digest());
-            let (trained, load_s) = if cfg.device == DeviceKind::Cpu {
+            let (trained, load_s) = if cfg.device.host_memory() {
                 let load_s = t.elapsed().as_secs_f64();
                 (train::train(&data, cfg, progress)?, load_s)
             } else {

@@ -117,9 +117,7 @@ impl TrainConfig {
                 self.model
             )));
         }
-        if self.device != crate::device::DeviceKind::Cpu
-            && (schema.dtype != DType::U8 || label != DType::U8)
-        {
+        if !self.device.host_memory() && (schema.dtype != DType::U8 || label != DType::U8) {
             return Err(Error::BadInput(format!(
                 "the GPU path takes u8 features with a u8 label; this dataset has {} features and {} labels: use --device cpu",
                 schema.dtype.name(),
@@ -181,10 +179,7 @@ impl TrainConfig {
             return Err(Error::BadInput("batch size must be 1 to 65536".into()));
         }
         if !self.device.available() {
-            return Err(Error::BadInput(format!(
-                "this binary was built without the {0} backend: rebuild with `--features {0}`",
-                self.device.name()
-            )));
+            return Err(self.device.not_built());
         }
         if !(self.lr.is_finite() && self.lr > 0.0 && self.lr < 10.0) {
             return Err(Error::BadInput(
@@ -197,9 +192,9 @@ impl TrainConfig {
                     "--holdout {h}: a share of the training split above 0 and at most 0.4"
                 )));
             }
-            if self.device != crate::device::DeviceKind::Cpu {
+            if !self.device.host_memory() {
                 return Err(Error::BadInput(
-                    "--holdout works on the CPU device only (the GPU path does not split records yet)".into(),
+                    "--holdout works on the CPU devices only (the GPU path does not split records yet)".into(),
                 ));
             }
         }
@@ -217,10 +212,9 @@ impl TrainConfig {
                 )));
             }
         }
-        if spec.file.head == spec::Head::Regression && self.device != crate::device::DeviceKind::Cpu
-        {
+        if spec.file.head == spec::Head::Regression && !self.device.host_memory() {
             return Err(Error::BadInput(
-                "a regression head trains on the CPU device only".into(),
+                "a regression head trains on the CPU devices only".into(),
             ));
         }
         if spec.file.early_stopping.is_some() && self.holdout.is_none() {
@@ -318,9 +312,30 @@ impl std::fmt::Debug for Trained {
 /// The CPU training backend.
 pub type CpuTrain = Autodiff<Flex>;
 
-/// Trains on the CPU backend (Flex).
+/// The CPU training backend through LibTorch (`--device torch-cpu`).
+#[cfg(feature = "torch")]
+pub type TorchCpuTrain = Autodiff<burn::backend::LibTorch<f32>>;
+
+/// Trains on the CPU backend `cfg.device` names (Flex, or LibTorch in a build with the
+/// `torch` feature), from records in host memory.
 pub fn train(data: &Dataset, cfg: &TrainConfig, progress: &dyn TrainProgress) -> Result<Trained> {
-    train_on::<CpuTrain>(data, cfg, &Default::default(), progress)
+    match cfg.device {
+        crate::device::DeviceKind::Cpu => {
+            train_on::<CpuTrain>(data, cfg, &Default::default(), progress)
+        }
+        #[cfg(feature = "torch")]
+        crate::device::DeviceKind::TorchCpu => train_on::<TorchCpuTrain>(
+            data,
+            cfg,
+            &burn::backend::libtorch::LibTorchDevice::Cpu,
+            progress,
+        ),
+        other if !other.available() => Err(other.not_built()),
+        other => Err(Error::Bug(format!(
+            "train() is the CPU path; {} records are not in host memory",
+            other.name()
+        ))),
+    }
 }
 
 /// A split a [`Feed`] serves.

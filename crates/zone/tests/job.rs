@@ -293,6 +293,17 @@ fn no_file_written_by_a_job_holds_a_plaintext_record() {
     w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
     let before = std::time::SystemTime::now();
     w.run_sealed("train", "model", &cfg("mlp")).unwrap();
+    // LibTorch (`--device torch-cpu`) as well, in a build that has it.
+    #[cfg(feature = "torch")]
+    w.run_sealed(
+        "train",
+        "model-torch",
+        &TrainConfig {
+            device: blindfold_zone::device::DeviceKind::TorchCpu,
+            ..cfg("lenet5")
+        },
+    )
+    .unwrap();
     let canary = canary();
     // The owner's plaintext folder holds it (the scan can find it)...
     let mut plain = vec![];
@@ -303,8 +314,10 @@ fn no_file_written_by_a_job_holds_a_plaintext_record() {
     // ...and nothing in storage, the output, the broker's folder, or the temporary
     // folder written during the job does.
     let mut files = vec![];
-    for d in ["sealed", "model", "broker"] {
-        files_under(&w.path(d), &mut files);
+    for d in ["sealed", "model", "model-torch", "broker"] {
+        if w.path(d).exists() {
+            files_under(&w.path(d), &mut files);
+        }
     }
     for e in std::fs::read_dir(std::env::temp_dir()).unwrap().flatten() {
         let p = e.path();
@@ -729,4 +742,73 @@ fn a_sealed_job_signs_a_receipt_its_brokers_key_verifies() {
     let p = w.run_plain("m-plain", &cfg("mlp"));
     assert!(p.receipt.is_none() && p.no_receipt.is_some());
     assert!(!w.path("m-plain").join(receipt::RECEIPT_OBJECT).exists());
+}
+
+/// `--device torch-cpu` (LibTorch): for each built-in model, sealed and plaintext jobs
+/// give bit-identical weights, a second run the same ones again, and other weights than
+/// Flex's (another engine, not a relabelled one). The weights load into Flex, where the
+/// serving and evaluation code runs, and classify as well there.
+#[cfg(feature = "torch")]
+#[test]
+fn torch_cpu_trains_identically_sealed_or_not_and_its_weights_load_in_flex() {
+    use blindfold_zone::device::DeviceKind;
+    use blindfold_zone::train::{evaluate_feed, Part};
+    let w = World::new();
+    w.register("tee = [\"sample\"]\njobs = [\"train\"]\n");
+    for arch in ["mlp", "lenet5", "cnn"] {
+        let c = TrainConfig {
+            device: DeviceKind::TorchCpu,
+            ..cfg(arch)
+        };
+        let s = w
+            .run_sealed("train", &format!("t-sealed-{arch}"), &c)
+            .unwrap();
+        let p = w.run_plain(&format!("t-plain-{arch}"), &c);
+        let again = w.run_plain(&format!("t-again-{arch}"), &c);
+        assert_eq!(s.data_sha256, p.data_sha256, "the same records");
+        assert_eq!(
+            s.weights_sha256, p.weights_sha256,
+            "{arch}: sealed = plaintext"
+        );
+        assert_eq!(p.weights_sha256, again.weights_sha256, "{arch}: run to run");
+        for (a, b) in s.epochs.iter().zip(&p.epochs) {
+            assert_eq!((a.loss, a.test_accuracy), (b.loss, b.test_accuracy));
+        }
+        let flex = w.run_plain(&format!("f-plain-{arch}"), &cfg(arch));
+        assert_ne!(flex.weights_sha256, p.weights_sha256, "{arch}: not Flex's");
+    }
+    // LeNet-5 learns the synthetic classes on LibTorch as on Flex, and the weights
+    // classify the unseen test split as well when Flex runs them.
+    let c = TrainConfig {
+        epochs: 6,
+        device: DeviceKind::TorchCpu,
+        ..cfg("lenet5")
+    };
+    let r = w.run_sealed("train", "t-lenet-long", &c).unwrap();
+    let acc = r.epochs.last().unwrap().test_accuracy.unwrap();
+    assert!(acc > 0.9, "test accuracy {acc}");
+    let sealed = Store::open(w.path("t-lenet-long").to_str().unwrap(), false)
+        .unwrap()
+        .get(MODEL_OBJECT)
+        .unwrap();
+    let (_, weights) = w.ks.open_output(&sealed, "model", false).unwrap();
+    let spec = ModelSpec {
+        spec: Spec::builtin("lenet5").unwrap(),
+        input: [1, 28, 28],
+        classes: 10,
+    };
+    let device = Default::default();
+    let net = spec.from_burnpack::<Cpu>(&weights, &device).unwrap();
+    assert_eq!(
+        hex::encode(blindfold_zone::model::weights_digest(&net)),
+        r.weights_sha256
+    );
+    let imp = import(&w.path("plain"), Format::Idx, &ImportOptions::default()).unwrap();
+    let data =
+        blindfold_zone::data::Dataset::from_import(imp, &Splits::default(), &NoProgress).unwrap();
+    let (flex_acc, _) = evaluate_feed::<Cpu>(&net, &data, Part::Test, &spec, &device).unwrap();
+    assert!(
+        (flex_acc - acc).abs() <= 0.02,
+        "LibTorch's test accuracy {acc}, Flex's on the same weights {flex_acc}"
+    );
 }

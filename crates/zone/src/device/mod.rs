@@ -18,6 +18,13 @@ pub enum DeviceKind {
     /// Burn's Flex CPU backend; records decrypted in host memory (the default).
     #[default]
     Cpu,
+    /// The CPU through LibTorch, PyTorch's C++ library (Burn's `burn-tch`), in a build
+    /// with the `torch` feature; records decrypted in host memory, as for [`Cpu`]. Other
+    /// weights than Flex's for the same seed (other arithmetic), the same sealed or not.
+    ///
+    /// [`Cpu`]: DeviceKind::Cpu
+    #[serde(rename = "torch-cpu")]
+    TorchCpu,
     /// Any Vulkan device through wgpu (in CI: Mesa's software lavapipe).
     Wgpu,
     /// An NVIDIA GPU through CUDA.
@@ -29,15 +36,42 @@ impl DeviceKind {
     pub fn available(self) -> bool {
         match self {
             DeviceKind::Cpu => true,
+            DeviceKind::TorchCpu => cfg!(feature = "torch"),
             DeviceKind::Wgpu => cfg!(feature = "wgpu"),
             DeviceKind::Cuda => cfg!(feature = "cuda"),
         }
+    }
+
+    /// The Cargo feature that builds the backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "",
+            DeviceKind::TorchCpu => "torch",
+            DeviceKind::Wgpu => "wgpu",
+            DeviceKind::Cuda => "cuda",
+        }
+    }
+
+    /// The error for a backend this binary was built without.
+    pub(crate) fn not_built(self) -> Error {
+        Error::BadInput(format!(
+            "this binary was built without the {} backend: rebuild with `--features {}`",
+            self.name(),
+            self.feature()
+        ))
+    }
+
+    /// True when records are decrypted into host memory and batches made there (the
+    /// CPU backends); false for the GPU path, which decrypts on the device.
+    pub fn host_memory(self) -> bool {
+        matches!(self, DeviceKind::Cpu | DeviceKind::TorchCpu)
     }
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
             DeviceKind::Cpu => "cpu",
+            DeviceKind::TorchCpu => "torch-cpu",
             DeviceKind::Wgpu => "wgpu",
             DeviceKind::Cuda => "cuda",
         }
@@ -131,7 +165,7 @@ pub fn train(
     progress: &dyn TrainProgress,
 ) -> Result<(Trained, f64)> {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    if kind != DeviceKind::Cpu {
+    if !kind.host_memory() {
         prepare_runtime()?;
     }
     match kind {
@@ -144,14 +178,11 @@ pub fn train(
             blindfold_gpu::cuda_ready(0).map_err(gpu::gpu_error)?;
             gpu::run::<cubecl::cuda::CudaRuntime>(Default::default(), source, splits, cfg, progress)
         }
-        DeviceKind::Cpu => Err(Error::Bug(
-            "the CPU path does not go through device::train".into(),
+        DeviceKind::Cpu | DeviceKind::TorchCpu => Err(Error::Bug(
+            "the CPU paths do not go through device::train".into(),
         )),
         #[allow(unreachable_patterns)]
-        other => Err(Error::BadInput(format!(
-            "this binary was built without the {0} backend: rebuild with `--features {0}`",
-            other.name()
-        ))),
+        other => Err(other.not_built()),
     }
 }
 
@@ -185,7 +216,7 @@ pub fn throughput(
     iterations: usize,
 ) -> Result<Throughput> {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
-    if kind != DeviceKind::Cpu {
+    if !kind.host_memory() {
         prepare_runtime()?;
     }
     match kind {
@@ -203,5 +234,37 @@ pub fn throughput(
             "no device decryption on {}: use wgpu or cuda, in a binary built with that feature",
             other.name()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeviceKind;
+
+    #[test]
+    fn names_features_and_where_records_are_decrypted() {
+        let all = [
+            DeviceKind::Cpu,
+            DeviceKind::TorchCpu,
+            DeviceKind::Wgpu,
+            DeviceKind::Cuda,
+        ];
+        for d in all {
+            // train.json names the device as the CLI does.
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(json, format!("\"{}\"", d.name()));
+            assert_eq!(serde_json::from_str::<DeviceKind>(&json).unwrap(), d);
+        }
+        assert_eq!(
+            all.map(DeviceKind::host_memory),
+            [true, true, false, false],
+            "the CPU backends decrypt into host memory, the GPUs on the device"
+        );
+        assert_eq!(DeviceKind::TorchCpu.available(), cfg!(feature = "torch"));
+        let e = DeviceKind::TorchCpu.not_built().to_string();
+        assert!(
+            e.contains("torch-cpu backend") && e.contains("`--features torch`"),
+            "{e}"
+        );
     }
 }

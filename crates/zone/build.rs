@@ -1,0 +1,44 @@
+//! With the `torch` feature (`--device torch-cpu`): checks that LibTorch is where
+//! `LIBTORCH` says (scripts/libtorch puts it in .libtorch/, and .cargo/config.toml points
+//! there), and lets what cargo runs find its libraries.
+
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if std::env::var_os("CARGO_FEATURE_TORCH").is_none() {
+        return;
+    }
+    let Some(root) = std::env::var_os("LIBTORCH").map(PathBuf::from) else {
+        fail("LIBTORCH is not set: run `bash scripts/libtorch` in the checkout (.cargo/config.toml sets LIBTORCH to its .libtorch/), or set LIBTORCH to a LibTorch 2.9.0 folder");
+    };
+    let lib = root.join("lib");
+    if !lib.join("libtorch_cpu.so").exists() {
+        fail(&format!(
+            "{} holds no LibTorch (lib/libtorch_cpu.so): run `bash scripts/libtorch`",
+            root.display()
+        ));
+    }
+    println!("cargo:rerun-if-changed={}", lib.display());
+    // cargo puts the link-search folders of build scripts on the library path of what
+    // it runs (`cargo run`, `cargo test`) only when they lie inside the target folder:
+    // so the libraries are linked from OUT_DIR, not searched in LIBTORCH.
+    let out =
+        PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("libtorch");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
+    for entry in
+        std::fs::read_dir(&lib).unwrap_or_else(|e| fail(&format!("{}: {e}", lib.display())))
+    {
+        let entry = entry.unwrap_or_else(|e| fail(&format!("{}: {e}", lib.display())));
+        let to = out.join(entry.file_name());
+        std::os::unix::fs::symlink(entry.path(), &to)
+            .unwrap_or_else(|e| fail(&format!("{}: {e}", to.display())));
+    }
+    println!("cargo:rustc-link-search=native={}", out.display());
+}
+
+fn fail(why: &str) -> ! {
+    eprintln!("blindfold-zone (feature torch): {why}");
+    std::process::exit(1)
+}
