@@ -3,7 +3,12 @@ plaintext Fashion-MNIST, alternating in one run, and optionally blindfold's own 
 trainer on the same model, side by side. Prints one JSON line:
 
     {model, epochs, sealed_s, plaintext_s, overhead, identical_weights, sealed_acc,
-     plaintext_acc, key_s, decrypt_s, ...}
+     plaintext_acc, key_s, decrypt_s, ..., burn: [{device, sealed_s, plaintext_s,
+     overhead, identical_weights, acc, vs_torch_plaintext}]}
+
+``--burn cpu --burn torch-cpu`` adds blindfold's own jobs (``blindfold bench train``) on
+each CPU backend; ``vs_torch_plaintext`` is blindfold's sealed job time over PyTorch's
+plaintext one.
 
 A job is: open the dataset (sealed: attest, receive the key, decrypt; plaintext: read
 the owner's files through the same importers), train, evaluate, seal the weights to the
@@ -112,10 +117,11 @@ def run_plain(owner: LocalOwner, args, i: int, key: str) -> dict:
     return r
 
 
-def burn(owner: LocalOwner, args) -> dict:
+def burn(owner: LocalOwner, args, device: str) -> dict:
     p = subprocess.run(
         [owner.bin, "bench", "train", "--model", args.model, "--epochs", str(args.epochs),
          "--rounds", str(args.rounds), "--batch-size", str(args.batch_size),
+         "--lr", str(args.lr), "--seed", str(args.seed), "--device", device,
          "--data", args.data, "--dir", str(owner.dir)],
         capture_output=True, text=True,
     )
@@ -162,12 +168,23 @@ def bench_torch(args) -> dict:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         }
-        if args.burn:
-            b = burn(owner, args)
-            out["burn_sealed_s"] = b["sealed_s"]
-            out["burn_plaintext_s"] = b["plaintext_s"]
-            out["burn_overhead"] = b["overhead"]
-            out["burn_acc"] = b["sealed_acc"]
+        out["burn"] = []
+        for device in args.burn or []:
+            b = burn(owner, args, device)
+            out["burn"].append({
+                "device": device,
+                "sealed_s": b["sealed_s"],
+                "plaintext_s": b["plaintext_s"],
+                "overhead": b["overhead"],
+                "identical_weights": b["identical_weights"],
+                "acc": b["sealed_acc"],
+                # Blindfold's sealed job against PyTorch's plaintext one: the goal
+                # is at most 1.0.
+                "vs_torch_plaintext": round(b["sealed_s"] / plaintext_s, 4),
+            })
+            print(f"blindfold --device {device}: sealed {b['sealed_s']:.2f} s, plaintext "
+                  f"{b['plaintext_s']:.2f} s; PyTorch plaintext {plaintext_s:.2f} s",
+                  file=sys.stderr)
         return out
 
 
@@ -187,8 +204,11 @@ def main(argv=None) -> None:
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     t.add_argument("--data", default=FASHION_MNIST, help="Fashion-MNIST IDX folder")
     t.add_argument("--dir", default="/var/tmp", help="scratch folder")
-    t.add_argument("--burn", action="store_true",
-                   help="also run `blindfold bench train` on the same model, same run")
+    t.add_argument("--burn", nargs="?", const="cpu", action="append",
+                   choices=["cpu", "torch-cpu"], metavar="DEVICE",
+                   help="also run `blindfold bench train --device DEVICE` (cpu: Burn's Flex, "
+                        "the default; torch-cpu: LibTorch, a binary built with --features "
+                        "torch) on the same model, same run; repeat for both")
     args = p.parse_args(argv)
     if not os.path.isdir(args.data):
         raise SystemExit(f"{args.data}: no Fashion-MNIST (apt-get install dataset-fashion-mnist)")

@@ -54,9 +54,9 @@ pub struct BenchGpuArgs {
 
 pub fn run(a: &BenchGpuArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> {
     let kind: DeviceKind = a.device.into();
-    if kind == DeviceKind::Cpu {
+    if kind.host_memory() {
         return Err(blindfold_owner::Error::BadInput(
-            "bench gpu measures a device: --device cuda or wgpu (bench train is the CPU's)".into(),
+            "bench gpu measures a device: --device cuda or wgpu (bench train is the CPUs')".into(),
         )
         .into());
     }

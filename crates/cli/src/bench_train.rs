@@ -16,7 +16,7 @@ use serde_json::json;
 
 use crate::local_broker::LocalBroker;
 use crate::Failure;
-use blindfold_job::{epoch_line, Bars, EpochBars};
+use blindfold_job::{epoch_line, Bars, DeviceArg, EpochBars};
 
 #[derive(Args)]
 pub struct BenchTrainArgs {
@@ -38,6 +38,10 @@ pub struct BenchTrainArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// CPU backend: `cpu` (Burn's Flex) or `torch-cpu` (LibTorch, in a build with
+    /// `--features torch`). The GPUs have `bench gpu`.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
     /// Where Fashion-MNIST's IDX files are.
     #[arg(long, default_value = crate::demo::FASHION_MNIST)]
     data: PathBuf,
@@ -252,8 +256,16 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
         batch_size: a.batch_size,
         lr: a.lr,
         seed: a.seed,
+        device: a.device.into(),
         ..TrainConfig::default()
     };
+    if !cfg.device.host_memory() {
+        return Err(Error::BadInput(format!(
+            "bench train measures the CPU backends (--device cpu or torch-cpu); for {} use bench gpu",
+            cfg.device.name()
+        ))
+        .into());
+    }
     cfg.set_model(&a.model)?;
     cfg.check()?;
     let setup = Setup::new(&a.data, &a.dir, Suite::Aes256Gcm, bars)?;
@@ -277,6 +289,7 @@ pub fn run(a: &BenchTrainArgs, bars: &Bars, quiet: bool) -> Result<(), Failure> 
         "{}",
         json!({
             "model": cfg.model,
+            "device": cfg.device.name(),
             "epochs": cfg.epochs,
             "sealed_s": sealed_s,
             "plaintext_s": plaintext_s,

@@ -1723,3 +1723,40 @@ fn bench_serve_prints_its_figures() {
     assert_eq!(v["errors"], 0, "{out}");
     assert_eq!(v["plaintext_errors"], 0, "{out}");
 }
+
+/// `bench train` on each CPU backend this binary has: both sides of every backend give
+/// one set of weights, and the JSON names the backend. A GPU device is sent to `bench
+/// gpu`.
+#[test]
+fn bench_train_measures_each_cpu_backend() {
+    let e = Env::new();
+    idx_input(e.path());
+    let mut devices = vec!["cpu"];
+    if cfg!(feature = "torch") {
+        devices.push("torch-cpu");
+    }
+    for device in devices {
+        let o = e.cmd(&[
+            "bench", "train", "--model", "mlp", "--device", device, "--rounds", "2", "--data",
+            "fm", "--dir", ".", "--quiet",
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success(),
+            "{out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(v["device"], device, "{out}");
+        assert_eq!(v["identical_weights"], true, "{out}");
+        assert_eq!(v["runs_per_side"], 2, "{out}");
+        assert!(v["sealed_s"].as_f64().is_some_and(|s| s > 0.0), "{out}");
+    }
+    let out = e.run(
+        &[
+            "bench", "train", "--device", "wgpu", "--data", "fm", "--dir", ".",
+        ],
+        3,
+    );
+    assert!(out.contains("bench gpu"), "{out}");
+}

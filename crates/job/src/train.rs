@@ -20,6 +20,9 @@ use crate::progress::{Bars, EpochBars};
 pub enum DeviceArg {
     /// Burn's Flex CPU backend; records decrypted in the trusted zone's memory.
     Cpu,
+    /// The CPU through LibTorch, PyTorch's C++ library (about 4× Flex's speed); records
+    /// decrypted in the trusted zone's memory. Needs a build with `--features torch`.
+    TorchCpu,
     /// Any Vulkan device through wgpu (without a GPU: Mesa's lavapipe, slowly).
     Wgpu,
     /// An NVIDIA GPU through CUDA (loaded at run time).
@@ -30,6 +33,7 @@ impl From<DeviceArg> for DeviceKind {
     fn from(d: DeviceArg) -> DeviceKind {
         match d {
             DeviceArg::Cpu => DeviceKind::Cpu,
+            DeviceArg::TorchCpu => DeviceKind::TorchCpu,
             DeviceArg::Wgpu => DeviceKind::Wgpu,
             DeviceArg::Cuda => DeviceKind::Cuda,
         }
@@ -81,7 +85,11 @@ pub struct TrainArgs {
     /// [default: 42].
     #[arg(long)]
     seed: Option<u64>,
-    /// Where to train [default: cpu]. `cuda` (NVIDIA GPU) and `wgpu` (any Vulkan
+    /// Where to train [default: cpu]. `cpu` is Burn's own CPU backend (pure Rust);
+    /// `torch-cpu` trains on the CPU through LibTorch, much faster, and needs a binary
+    /// built with `--features torch` (after `bash scripts/libtorch`) and LibTorch's
+    /// libraries at run time. The two give different weights for the same seed; each
+    /// gives the same weights sealed or not. `cuda` (NVIDIA GPU) and `wgpu` (any Vulkan
     /// device) decrypt the sealed chunks on the device itself: the host holds only
     /// ciphertext. They need a binary built with `--features cuda` / `--features wgpu`,
     /// a dataset sealed with `--suite chacha20-poly1305`, and u8 records with a u8 label.

@@ -80,11 +80,34 @@ fn packages(package: &str, features: &str) -> BTreeMap<String, Vec<String>> {
 
 #[test]
 fn the_job_links_nothing_of_the_owner_or_the_broker() {
-    for features in ["", "cuda", "wgpu", "cuda,wgpu"] {
+    for features in ["", "cuda", "wgpu", "torch", "cuda,wgpu,torch"] {
         let pkgs = packages("blindfold-job", features);
         // The check sees the graph: the job's own crates are there.
         for wanted in ["blindfold-zone", "blindfold-attest", "blindfold-dataset"] {
             assert!(pkgs.contains_key(wanted), "{wanted} missing ({features})");
+        }
+        // LibTorch's bindings only in a build that asks for them (`--device torch-cpu`).
+        assert_eq!(
+            pkgs.contains_key("torch-sys"),
+            features.contains("torch"),
+            "torch-sys ({features:?})"
+        );
+        if pkgs
+            .get("torch-sys")
+            .is_some_and(|f| f.iter().any(|x| x == "download-libtorch"))
+        {
+            // burn-tch turns on tch's default features, its downloader among them, and a
+            // dependent cannot turn them off. It fetches an unpinned LibTorch only when
+            // LIBTORCH is unset: the workspace's cargo configuration always sets it (to
+            // the .libtorch/ that scripts/libtorch fills, pinned by hash).
+            let config = std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cargo/config.toml"),
+            )
+            .expect(".cargo/config.toml");
+            assert!(
+                config.contains("LIBTORCH = { value = \".libtorch\", relative = true }"),
+                "{config}"
+            );
         }
         for f in FORBIDDEN {
             assert!(
@@ -139,7 +162,7 @@ fn the_pytorch_bridge_links_nothing_of_the_owner_the_broker_or_burn() {
 fn the_serving_job_links_nothing_of_the_owner_or_the_broker() {
     // The serving image holds the zone (CPU inference), the broker client, the sealed
     // model reader and an HTTPS server: not the broker's server or database, the
-    // owner's tools, the passphrase KDF, the CLI, the GPU kernels, or any benchmark.
+    // owner's tools, the passphrase KDF, the CLI, the GPU kernels, LibTorch, or any benchmark.
     let pkgs = packages("blindfold-serve", "");
     for wanted in ["blindfold-zone", "blindfold-attest", "axum", "rcgen"] {
         assert!(pkgs.contains_key(wanted), "{wanted} missing");
@@ -148,7 +171,7 @@ fn the_serving_job_links_nothing_of_the_owner_or_the_broker() {
     for f in FORBIDDEN
         .iter()
         .filter(|f| !server_stack.contains(f))
-        .chain(&["blindfold-verify", "blindfold-gpu"])
+        .chain(&["blindfold-verify", "blindfold-gpu", "tch", "torch-sys"])
     {
         assert!(!pkgs.contains_key(*f), "the serving job links {f}");
     }
