@@ -324,12 +324,15 @@ pub fn train(data: &Dataset, cfg: &TrainConfig, progress: &dyn TrainProgress) ->
             train_on::<CpuTrain>(data, cfg, &Default::default(), progress)
         }
         #[cfg(feature = "torch")]
-        crate::device::DeviceKind::TorchCpu => train_on::<TorchCpuTrain>(
-            data,
-            cfg,
-            &burn::backend::libtorch::LibTorchDevice::Cpu,
-            progress,
-        ),
+        crate::device::DeviceKind::TorchCpu => {
+            crate::alloc::keep_freed_memory();
+            train_on::<TorchCpuTrain>(
+                data,
+                cfg,
+                &burn::backend::libtorch::LibTorchDevice::Cpu,
+                progress,
+            )
+        }
         other if !other.available() => Err(other.not_built()),
         other => Err(Error::Bug(format!(
             "train() is the CPU path; {} records are not in host memory",
