@@ -4,11 +4,11 @@ trainer on the same model, side by side. Prints one JSON line:
 
     {model, epochs, sealed_s, plaintext_s, overhead, identical_weights, sealed_acc,
      plaintext_acc, key_s, decrypt_s, ..., burn: [{device, sealed_s, plaintext_s,
-     overhead, identical_weights, acc, vs_torch_plaintext}]}
+     overhead, identical_weights, acc, vs_torch_plaintext, vs_torch_sealed}]}
 
 ``--burn cpu --burn torch-cpu`` adds blindfold's own jobs (``blindfold bench train``) on
-each CPU backend; ``vs_torch_plaintext`` is blindfold's sealed job time over PyTorch's
-plaintext one.
+each CPU backend; ``vs_torch_plaintext`` (``vs_torch_sealed``) is blindfold's sealed job
+time over PyTorch's plaintext (sealed) one.
 
 A job is: open the dataset (sealed: attest, receive the key, decrypt; plaintext: read
 the owner's files through the same importers), train, evaluate, seal the weights to the
@@ -181,6 +181,7 @@ def bench_torch(args) -> dict:
                 # Blindfold's sealed job against PyTorch's plaintext one: the goal
                 # is at most 1.0.
                 "vs_torch_plaintext": round(b["sealed_s"] / plaintext_s, 4),
+                "vs_torch_sealed": round(b["sealed_s"] / sealed_s, 4),
             })
             print(f"blindfold --device {device}: sealed {b['sealed_s']:.2f} s, plaintext "
                   f"{b['plaintext_s']:.2f} s; PyTorch plaintext {plaintext_s:.2f} s",

@@ -20,8 +20,9 @@ use crate::progress::{Bars, EpochBars};
 pub enum DeviceArg {
     /// Burn's Flex CPU backend; records decrypted in the trusted zone's memory.
     Cpu,
-    /// The CPU through LibTorch, PyTorch's C++ library (about 4× Flex's speed); records
-    /// decrypted in the trusted zone's memory. Needs a build with `--features torch`.
+    /// The CPU through LibTorch, PyTorch's C++ library (4× Flex's speed on the CNNs);
+    /// records decrypted in the trusted zone's memory. Needs a build with `--features
+    /// torch`.
     TorchCpu,
     /// Any Vulkan device through wgpu (without a GPU: Mesa's lavapipe, slowly).
     Wgpu,
