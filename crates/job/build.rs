@@ -1,8 +1,8 @@
-//! With the `torch` feature: the binaries find LibTorch's libraries at run time through
-//! their run path: `$BLINDFOLD_LIBTORCH_RPATH` when set (scripts/build-job sets
-//! `$ORIGIN/libtorch`, so that the measured image's bytes do not name the build
-//! machine's folders), else `$LIBTORCH/lib` (.libtorch/lib in a checkout, see
-//! .cargo/config.toml and scripts/libtorch).
+// With the `torch` feature: the binaries find LibTorch's libraries at run time through
+// their run path: `$BLINDFOLD_LIBTORCH_RPATH` when set (scripts/build-job sets
+// `$ORIGIN/libtorch`, so that the measured image's bytes do not name the build
+// machine's folders), else `$LIBTORCH/lib` (.libtorch/lib in a checkout, see
+// .cargo/config.toml and scripts/libtorch).
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");

@@ -118,12 +118,16 @@ def run_plain(owner: LocalOwner, args, i: int, key: str) -> dict:
 
 
 def burn(owner: LocalOwner, args, device: str) -> dict:
+    env = dict(os.environ)
+    if args.threads:
+        # The same number of threads as PyTorch's: LibTorch's OpenMP, Flex's rayon.
+        env["OMP_NUM_THREADS"] = env["RAYON_NUM_THREADS"] = str(args.threads)
     p = subprocess.run(
         [owner.bin, "bench", "train", "--model", args.model, "--epochs", str(args.epochs),
          "--rounds", str(args.rounds), "--batch-size", str(args.batch_size),
          "--lr", str(args.lr), "--seed", str(args.seed), "--device", device,
          "--data", args.data, "--dir", str(owner.dir)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, env=env,
     )
     if p.returncode != 0:
         raise SystemExit(f"blindfold bench train exited {p.returncode}: {p.stderr[-2000:]}")
@@ -202,7 +206,8 @@ def main(argv=None) -> None:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=42)
-    t.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    t.add_argument("--threads", type=int, default=0,
+                   help="threads of PyTorch and of blindfold's jobs (default: each one's own)")
     t.add_argument("--data", default=FASHION_MNIST, help="Fashion-MNIST IDX folder")
     t.add_argument("--dir", default="/var/tmp", help="scratch folder")
     t.add_argument("--burn", nargs="?", const="cpu", action="append",

@@ -119,7 +119,7 @@ impl TrainConfig {
         }
         if !self.device.host_memory() && (schema.dtype != DType::U8 || label != DType::U8) {
             return Err(Error::BadInput(format!(
-                "the GPU path takes u8 features with a u8 label; this dataset has {} features and {} labels: use --device cpu",
+                "the GPU path takes u8 features with a u8 label; this dataset has {} features and {} labels: use --device cpu or torch-cpu",
                 schema.dtype.name(),
                 label.name()
             )));
