@@ -1,4 +1,4 @@
-// The same run path to LibTorch as the job binary's (`--features torch`): see
-// crates/job/build.rs.
+//! With the `torch` feature: the same run path to LibTorch's libraries as the job
+//! binary's (crates/job/libtorch_rpath.rs).
 
-include!("../job/build.rs");
+include!("../job/libtorch_rpath.rs");

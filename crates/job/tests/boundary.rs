@@ -182,3 +182,68 @@ fn the_serving_job_links_nothing_of_the_owner_or_the_broker() {
         assert!(!on, "the serving job has {pkg}'s {feature:?} feature");
     }
 }
+
+/// `scripts/libtorch`, which fetches the LibTorch a `torch` build links: `--verify` takes
+/// only the pinned libraries (one changed library fails it), and a folder the script did
+/// not make is never replaced.
+#[test]
+fn scripts_libtorch_verifies_hashes_and_replaces_only_its_own_folder() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let script = root.join("scripts/libtorch");
+    let run = |args: &[&std::ffi::OsStr], libtorch: Option<&std::path::Path>| {
+        let mut c = Command::new("bash");
+        c.arg(&script).args(args).env_remove("LIBTORCH");
+        if let Some(l) = libtorch {
+            c.env("LIBTORCH", l);
+        }
+        c.output().unwrap()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    // Someone's own folder, not made by the script: left as it is.
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir_all(theirs.join("lib")).unwrap();
+    std::fs::write(theirs.join("keep"), b"mine").unwrap();
+    let o = run(&[], Some(&theirs));
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert_eq!(std::fs::read(theirs.join("keep")).unwrap(), b"mine");
+    assert_eq!(
+        run(&["--verify".as_ref(), theirs.as_os_str()], None)
+            .status
+            .code(),
+        Some(1)
+    );
+    // The checkout's .libtorch (scripts/test fetches it before the tests run) verifies;
+    // the same files with one library changed do not.
+    let real = root.join(".libtorch");
+    if !real.join("lib/libtorch_cpu.so").exists() {
+        panic!("no .libtorch: run bash scripts/libtorch (scripts/test does)");
+    }
+    let o = run(&["--verify".as_ref(), real.as_os_str()], None);
+    assert!(o.status.success(), "{o:?}");
+    let copy = tmp.path().join("copy");
+    std::fs::create_dir_all(copy.join("lib")).unwrap();
+    for f in ["build-version", "include"] {
+        std::os::unix::fs::symlink(real.join(f), copy.join(f)).unwrap();
+    }
+    for l in [
+        "libtorch_cpu.so",
+        "libc10.so",
+        "libgomp.so.1",
+        "libcudart.so.12",
+    ] {
+        std::os::unix::fs::symlink(real.join("lib").join(l), copy.join("lib").join(l)).unwrap();
+    }
+    std::os::unix::fs::symlink("libtorch_cpu.so", copy.join("lib/libtorch.so")).unwrap();
+    let cupti = std::fs::read(real.join("lib/libcupti.so.12")).unwrap();
+    let mut changed = cupti.clone();
+    *changed.last_mut().unwrap() ^= 1;
+    std::fs::write(copy.join("lib/libcupti.so.12"), &changed).unwrap();
+    let o = run(&["--verify".as_ref(), copy.as_os_str()], None);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    std::fs::write(copy.join("lib/libcupti.so.12"), &cupti).unwrap();
+    let o = run(&["--verify".as_ref(), copy.as_os_str()], None);
+    assert!(
+        o.status.success(),
+        "the same check passes on the unchanged copy: {o:?}"
+    );
+}
