@@ -1,6 +1,7 @@
 //! With the `torch` feature (`--device torch-cpu`): checks that LibTorch is where
 //! `LIBTORCH` says (scripts/libtorch puts it in .libtorch/, and .cargo/config.toml points
-//! there), and lets what cargo runs find its libraries.
+//! there), lets what cargo runs find its libraries, and compiles
+//! src/libtorch/conv_backward.cpp against its headers.
 
 use std::path::PathBuf;
 
@@ -36,6 +37,23 @@ fn main() {
             .unwrap_or_else(|e| fail(&format!("{}: {e}", to.display())));
     }
     println!("cargo:rustc-link-search=native={}", out.display());
+
+    let cpp = "src/libtorch/conv_backward.cpp";
+    println!("cargo:rerun-if-changed={cpp}");
+    let include = root.join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file(cpp)
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .std("c++17")
+        // LibTorch 2.9's libraries are built with the C++11 string ABI.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("blindfold_torch_ops");
+    // After the static library on the link line: what its code calls.
+    println!("cargo:rustc-link-lib=dylib=torch_cpu");
+    println!("cargo:rustc-link-lib=dylib=c10");
 }
 
 fn fail(why: &str) -> ! {

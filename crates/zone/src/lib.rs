@@ -12,17 +12,18 @@
 //! - [`device`]: where training runs; the GPU path decrypts records in device memory.
 //! - [`job`]: a whole job from key to sealed outputs; process hardening.
 //! - [`eval`]: trained weights on a plaintext test set (the owner's `eval`).
-// `unsafe` only in `alloc`, and only in a build with LibTorch (see Cargo.toml's lints).
+// `unsafe` only in `libtorch` (glibc's allocator settings, one call into ATen), and only
+// in a build with LibTorch (see Cargo.toml's lints).
 #![cfg_attr(not(feature = "torch"), forbid(unsafe_code))]
 
-#[cfg(feature = "torch")]
-mod alloc;
 pub mod data;
 pub mod device;
 mod error;
 pub mod eval;
 pub mod infer;
 pub mod job;
+#[cfg(feature = "torch")]
+mod libtorch;
 pub mod model;
 pub mod spec;
 pub mod train;

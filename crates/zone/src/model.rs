@@ -314,16 +314,29 @@ impl<B: Backend> Act<B> {
     }
 }
 
+// Convolutions and ReLUs: with PyTorch's backward passes when training on LibTorch
+// (`crate::libtorch`), Burn's layers otherwise.
+#[cfg(feature = "torch")]
+use crate::libtorch::{conv2d, relu};
+#[cfg(not(feature = "torch"))]
+fn conv2d<B: Backend>(m: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    m.forward(x)
+}
+#[cfg(not(feature = "torch"))]
+fn relu<B: Backend, const D: usize>(m: &Relu, x: Tensor<B, D>) -> Tensor<B, D> {
+    m.forward(x)
+}
+
 fn forward_layer<B: Backend>(l: &Layer<B>, x: Act<B>) -> Act<B> {
     match l {
-        Layer::Conv2d(m) => Act::Image(m.forward(x.image())),
+        Layer::Conv2d(m) => Act::Image(conv2d(m, x.image())),
         Layer::MaxPool(m) => Act::Image(m.forward(x.image())),
         Layer::AvgPool(m) => Act::Image(m.forward(x.image())),
         Layer::BatchNorm(m) => x.map(|t| m.forward(t), |t| m.forward(t)),
         Layer::Dropout(m) => x.map(|t| m.forward(t), |t| m.forward(t)),
         Layer::Linear(m) => Act::Flat(m.forward(x.flat())),
         Layer::Flatten(_) => Act::Flat(x.flat()),
-        Layer::Relu(m) => x.map(|t| m.forward(t), |t| m.forward(t)),
+        Layer::Relu(m) => x.map(|t| relu(m, t), |t| relu(m, t)),
         Layer::Gelu(m) => x.map(|t| m.forward(t), |t| m.forward(t)),
         Layer::Sigmoid(m) => x.map(|t| m.forward(t), |t| m.forward(t)),
         Layer::Tanh(m) => x.map(|t| m.forward(t), |t| m.forward(t)),

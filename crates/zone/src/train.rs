@@ -325,7 +325,7 @@ pub fn train(data: &Dataset, cfg: &TrainConfig, progress: &dyn TrainProgress) ->
         }
         #[cfg(feature = "torch")]
         crate::device::DeviceKind::TorchCpu => {
-            crate::alloc::keep_freed_memory();
+            crate::libtorch::keep_freed_memory();
             train_on::<TorchCpuTrain>(
                 data,
                 cfg,
