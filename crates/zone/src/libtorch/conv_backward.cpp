@@ -1,8 +1,9 @@
 // ATen's own convolution backward, which tch (the Rust binding under burn-tch) does not
 // bind. PyTorch calls this operator for every Conv2d backward on the CPU (oneDNN where
-// it applies); Burn's generic default builds the same gradients from a transposed
-// convolution and a convolution over dimension-swapped copies, 1.4-17x slower on the
-// built-in models' layers (docs/cpu-training-profile.md).
+// it applies). Burn's generic default builds the same gradients from a transposed
+// convolution and a convolution over dimension-swapped copies: for the weight gradient
+// of a first layer (one input channel), 5-18x slower (scripts/aten-backward-bench.py,
+// docs/cpu-training-profile.md).
 //
 // Called from ffi.rs only. Tensors cross as `at::Tensor*`, as tch passes them
 // (torch-sys's `tensor` type): the inputs are borrowed for the call; each output the
