@@ -37,23 +37,36 @@ fn main() {
             .unwrap_or_else(|e| fail(&format!("{}: {e}", to.display())));
     }
     println!("cargo:rustc-link-search=native={}", out.display());
+    compile_conv_backward(&root);
+}
 
+/// src/libtorch/conv_backward.cpp, against LibTorch's headers. `cc` is a build
+/// dependency of the `torch` feature only.
+#[cfg(feature = "torch")]
+fn compile_conv_backward(root: &std::path::Path) {
     let cpp = "src/libtorch/conv_backward.cpp";
     println!("cargo:rerun-if-changed={cpp}");
     let include = root.join("include");
+    println!("cargo:rerun-if-changed={}", include.display());
     cc::Build::new()
         .cpp(true)
         .file(cpp)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .std("c++17")
-        // LibTorch 2.9's libraries are built with the C++11 string ABI.
+        // The pinned LibTorch 2.9.0 (PyPI's build) uses the C++11 string ABI: its
+        // libc10.so exports `std::__cxx11` symbols. torch-sys assumes the same.
         .define("_GLIBCXX_USE_CXX11_ABI", "1")
         .warnings(false)
         .compile("blindfold_torch_ops");
     // After the static library on the link line: what its code calls.
     println!("cargo:rustc-link-lib=dylib=torch_cpu");
     println!("cargo:rustc-link-lib=dylib=c10");
+}
+
+#[cfg(not(feature = "torch"))]
+fn compile_conv_backward(_: &std::path::Path) {
+    unreachable!("main returns first without the torch feature")
 }
 
 fn fail(why: &str) -> ! {

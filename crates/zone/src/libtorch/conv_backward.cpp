@@ -8,8 +8,9 @@
 // Called from ffi.rs only. Tensors cross as `at::Tensor*`, as tch passes them
 // (torch-sys's `tensor` type): the inputs are borrowed for the call; each output the
 // caller asked for is a new `at::Tensor*` that the caller owns (tch frees it with
-// `delete`). No C++ exception crosses into Rust: one is caught and its message copied,
-// truncated, into the caller's buffer.
+// `delete`). No C++ exception crosses into Rust (the function is noexcept, and catches
+// everything): a std::exception's message is copied, truncated, into the caller's
+// buffer; anything else is reported as such.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/convolution_backward.h>
@@ -20,11 +21,26 @@
 #include <cstring>
 #include <exception>
 
+// Frees what was made before the failure and copies the message.
+static void fail(at::Tensor **grad_input, at::Tensor **grad_weight, at::Tensor **grad_bias,
+                 const char *why, char *error, size_t error_len) noexcept {
+    delete *grad_input;
+    delete *grad_weight;
+    delete *grad_bias;
+    *grad_input = nullptr;
+    *grad_weight = nullptr;
+    *grad_bias = nullptr;
+    if (error_len > 0) {
+        std::strncpy(error, why, error_len - 1);
+        error[error_len - 1] = '\0';
+    }
+}
+
 extern "C" int blindfold_conv2d_backward(
     const at::Tensor *grad_output, const at::Tensor *input, const at::Tensor *weight,
     const int64_t *stride, const int64_t *padding, const int64_t *dilation, int64_t groups,
     const bool *output_mask, at::Tensor **grad_input, at::Tensor **grad_weight,
-    at::Tensor **grad_bias, char *error, size_t error_len) {
+    at::Tensor **grad_bias, char *error, size_t error_len) noexcept {
     *grad_input = nullptr;
     *grad_weight = nullptr;
     *grad_bias = nullptr;
@@ -44,16 +60,10 @@ extern "C" int blindfold_conv2d_backward(
         if (mask[2]) *grad_bias = new at::Tensor(std::move(std::get<2>(grads)));
         return 0;
     } catch (const std::exception &e) {
-        delete *grad_input;
-        delete *grad_weight;
-        delete *grad_bias;
-        *grad_input = nullptr;
-        *grad_weight = nullptr;
-        *grad_bias = nullptr;
-        if (error_len > 0) {
-            std::strncpy(error, e.what(), error_len - 1);
-            error[error_len - 1] = '\0';
-        }
-        return 1;
+        fail(grad_input, grad_weight, grad_bias, e.what(), error, error_len);
+    } catch (...) {
+        fail(grad_input, grad_weight, grad_bias, "a C++ exception that is not a std::exception",
+             error, error_len);
     }
+    return 1;
 }

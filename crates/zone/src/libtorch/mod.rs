@@ -37,6 +37,21 @@ use ffi::Conv2dGeometry;
 
 type Inner = LibTorch<f32>;
 
+/// How many backward steps of each kind ran here (tests: the fast path was taken).
+#[cfg(test)]
+static BACKWARD_STEPS: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+#[cfg(test)]
+const CONV: usize = 0;
+#[cfg(test)]
+const RELU: usize = 1;
+#[cfg(test)]
+fn steps(kind: usize) -> usize {
+    BACKWARD_STEPS[kind].load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// `x` as a tensor of [`TorchCpuTrain`], or `x` back where `B` is another backend.
 fn as_torch_train<B: Backend, const D: usize>(
     x: Tensor<B, D>,
@@ -110,6 +125,8 @@ fn relu_tracked(x: FloatTensor<TorchCpuTrain>) -> FloatTensor<TorchCpuTrain> {
         type State = NodeId;
 
         fn backward(self, ops: Ops<NodeId, 1>, grads: &mut Gradients, ck: &mut Checkpointer) {
+            #[cfg(test)]
+            BACKWARD_STEPS[RELU].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let grad = grads.consume::<Inner>(&ops.node);
             let x: TchTensor = ck.retrieve_node_output(ops.state);
             if let [Some(parent)] = ops.parents {
@@ -120,6 +137,8 @@ fn relu_tracked(x: FloatTensor<TorchCpuTrain>) -> FloatTensor<TorchCpuTrain> {
         }
     }
 
+    // TorchCpuTrain is `Autodiff<LibTorch<f32>>`, whose strategy is `NoCheckpointing`:
+    // the input is kept for the backward step, as Burn's own ReLU keeps it there.
     match ReluBackward
         .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([x.node.clone()])
         .compute_bound()
@@ -142,6 +161,8 @@ fn conv2d_backward<const N: usize>(
     grads: &mut Gradients,
     ck: &mut Checkpointer,
 ) {
+    #[cfg(test)]
+    BACKWARD_STEPS[CONV].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let grad = grads.consume::<Inner>(&ops.node);
     let (x_node, w_node, geometry) = ops.state;
     let x: TchTensor = ck.retrieve_node_output(x_node);
@@ -328,7 +349,11 @@ mod tests {
             Case { channels: [2, 2], kernel: 3, stride: 2, dilation: 1, groups: 1, padding: PaddingConfig2d::Same, bias: true, input_grad: true },
         ];
         for (i, c) in cases.iter().enumerate() {
+            let before = steps(CONV);
             let (y, ours) = run::<TorchCpuTrain>(c, true);
+            // `Same` padding takes Burn's layer; every other case ATen's backward.
+            let taken = !matches!(c.padding, PaddingConfig2d::Same);
+            assert_eq!(steps(CONV) > before, taken, "case {i}: which backward ran");
             let (y_burn, burn) = run::<TorchCpuTrain>(c, false);
             let (y_flex, flex) = run::<Autodiff<Flex>>(c, false);
             assert_eq!(
@@ -370,7 +395,9 @@ mod tests {
             let g = x.grad(&(y * r).sum().backward()).unwrap().into_data();
             (out, g)
         };
+        let before = steps(RELU);
         let (y, g) = run(true);
+        assert!(steps(RELU) > before, "threshold_backward ran");
         let (y_burn, g_burn) = run(false);
         assert_eq!(y, y_burn);
         assert_eq!(g, g_burn);
@@ -382,6 +409,26 @@ mod tests {
                 .count()
                 >= 4
         );
+    }
+
+    /// A built-in model trained on TorchCpuTrain goes through both operations.
+    #[test]
+    fn the_models_layers_take_these_operations() {
+        use crate::model::ModelSpec;
+        use crate::spec::Spec;
+        let d = Default::default();
+        let spec = ModelSpec {
+            spec: Spec::builtin("cnn").unwrap(),
+            input: [1, 28, 28],
+            classes: 10,
+        };
+        let net = spec.init::<TorchCpuTrain>(1, &d).unwrap();
+        let x = Tensor::<TorchCpuTrain, 4>::from_data(data(&[2, 1, 28, 28], 8), &d);
+        let (conv, relu) = (steps(CONV), steps(RELU));
+        let _ = net.forward(x).sum().backward();
+        // Two convolutions, three ReLUs (the last after the hidden linear layer).
+        assert!(steps(CONV) >= conv + 2, "conv2d backward steps");
+        assert!(steps(RELU) >= relu + 3, "relu backward steps");
     }
 
     #[test]
