@@ -184,8 +184,8 @@ fn the_serving_job_links_nothing_of_the_owner_or_the_broker() {
 }
 
 /// `scripts/libtorch`, which fetches the LibTorch a `torch` build links: `--verify` takes
-/// only the pinned libraries (one changed library fails it), and a folder the script did
-/// not make is never replaced.
+/// only the pinned libraries (one changed library fails it, and `scripts/build-job`
+/// refuses to build against it), and a folder the script did not make is never replaced.
 #[test]
 fn scripts_libtorch_verifies_hashes_and_replaces_only_its_own_folder() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -240,6 +240,22 @@ fn scripts_libtorch_verifies_hashes_and_replaces_only_its_own_folder() {
     std::fs::write(copy.join("lib/libcupti.so.12"), &changed).unwrap();
     let o = run(&["--verify".as_ref(), copy.as_os_str()], None);
     assert_eq!(o.status.code(), Some(1), "{o:?}");
+    // scripts/build-job's torch build refuses that copy before it compiles anything.
+    let target = tmp.path().join("job-target");
+    let o = Command::new("bash")
+        .arg(root.join("scripts/build-job"))
+        .arg(&target)
+        .args(["--features", "torch"])
+        .env("LIBTORCH", &copy)
+        .env("BUILD_JOB_ALLOW_DIRTY", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not the pinned LibTorch"),
+        "says why: {o:?}"
+    );
+    assert!(!target.join("release").exists(), "nothing was built");
     std::fs::write(copy.join("lib/libcupti.so.12"), &cupti).unwrap();
     let o = run(&["--verify".as_ref(), copy.as_os_str()], None);
     assert!(
