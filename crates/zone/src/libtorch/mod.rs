@@ -431,6 +431,28 @@ mod tests {
         assert!(steps(RELU) >= relu + 3, "relu backward steps");
     }
 
+    /// ATen's refusal (a C++ exception) comes back as a panic with its message: it does
+    /// not unwind through Rust, which would abort the process instead.
+    #[test]
+    #[should_panic(expected = "LibTorch's convolution_backward failed")]
+    fn atens_errors_come_back_as_a_panic() {
+        let f = (tch::Kind::Float, tch::Device::Cpu);
+        let geometry = Conv2dGeometry {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        // A 3-D weight: not a 2-D convolution's.
+        let _ = ffi::conv2d_backward(
+            &tch::Tensor::zeros([1, 2, 3, 3], f),
+            &tch::Tensor::zeros([1, 1, 5, 5], f),
+            &tch::Tensor::zeros([2, 1, 3], f),
+            &geometry,
+            [true, true, true],
+        );
+    }
+
     #[test]
     fn other_backends_take_burns_layers() {
         let d = Default::default();
