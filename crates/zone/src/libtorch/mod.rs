@@ -22,6 +22,7 @@ pub(crate) use alloc::keep_freed_memory;
 use std::any::Any;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
@@ -29,7 +30,7 @@ use burn::backend::libtorch::{LibTorch, TchTensor};
 use burn::nn::conv::Conv2d;
 use burn::nn::{PaddingConfig2d, Relu};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ActivationOps, ConvOptions, FloatTensor, ModuleOps};
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::train::TorchCpuTrain;
@@ -140,7 +141,7 @@ fn relu_tracked(x: FloatTensor<TorchCpuTrain>) -> FloatTensor<TorchCpuTrain> {
     // TorchCpuTrain is `Autodiff<LibTorch<f32>>`, whose strategy is `NoCheckpointing`:
     // the input is kept for the backward step, as Burn's own ReLU keeps it there.
     match ReluBackward
-        .prepare::<burn::backend::autodiff::checkpoint::strategy::NoCheckpointing>([x.node.clone()])
+        .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
         .stateful()
     {
@@ -185,9 +186,6 @@ fn conv2d_tracked(
     bias: Option<FloatTensor<TorchCpuTrain>>,
     geometry: Conv2dGeometry,
 ) -> FloatTensor<TorchCpuTrain> {
-    use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
-    use burn::tensor::ops::ConvOptions;
-
     #[derive(Debug)]
     struct WithBias;
     #[derive(Debug)]
@@ -211,23 +209,27 @@ fn conv2d_tracked(
         geometry.dilation.map(|d| d as usize),
         geometry.groups as usize,
     );
-    match bias {
-        Some(bias) => match WithBias
-            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+    let forward = |x: &FloatTensor<TorchCpuTrain>,
+                   w: &FloatTensor<TorchCpuTrain>,
+                   b: Option<&FloatTensor<TorchCpuTrain>>| {
+        Inner::conv2d(
+            x.primitive.clone(),
+            w.primitive.clone(),
+            b.map(|b| b.primitive.clone()),
+            options,
+        )
+    };
+    match &bias {
+        Some(b) => match WithBias
+            .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), b.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), geometry);
-                let y = Inner::conv2d(x.primitive, weight.primitive, Some(bias.primitive), options);
-                prep.finish(state, y)
+                prep.finish(state, forward(&x, &weight, Some(b)))
             }
-            OpsKind::UnTracked(prep) => prep.finish(Inner::conv2d(
-                x.primitive,
-                weight.primitive,
-                Some(bias.primitive),
-                options,
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(forward(&x, &weight, Some(b))),
         },
         None => match NoBias
             .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
@@ -236,14 +238,9 @@ fn conv2d_tracked(
         {
             OpsKind::Tracked(mut prep) => {
                 let state = (prep.checkpoint(&x), prep.checkpoint(&weight), geometry);
-                prep.finish(
-                    state,
-                    Inner::conv2d(x.primitive, weight.primitive, None, options),
-                )
+                prep.finish(state, forward(&x, &weight, None))
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(Inner::conv2d(x.primitive, weight.primitive, None, options))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(forward(&x, &weight, None)),
         },
     }
 }
