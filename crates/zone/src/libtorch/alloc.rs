@@ -1,6 +1,6 @@
-//! The C allocator's settings for training through LibTorch (`--device torch-cpu`): the
-//! one module of this crate that may use `unsafe`, and only in a build with the `torch`
-//! feature (the crate forbids it otherwise).
+//! The C allocator's settings for training through LibTorch (`--device torch-cpu`): one
+//! of the two modules of this crate that may use `unsafe` (with `ffi`), and only in a
+//! build with the `torch` feature (the crate forbids it otherwise).
 //!
 //! LibTorch allocates every intermediate tensor with glibc's `malloc`. With glibc's
 //! default thresholds, a tensor of a few MiB is mapped fresh from the kernel and
